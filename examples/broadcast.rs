@@ -1,0 +1,37 @@
+//! Broadcast hub: every text or binary message from any client goes, with the same opcode
+//! and payload, to every connected client, the sender included.
+//!
+//! This is the workload of the peer benchmark (`../shared/bench`, see `BENCHMARKS.md`).
+//!
+//! ```text
+//! cargo run --release --example broadcast -- 127.0.0.1:9001
+//! ```
+use wshub::{Handler, Hub, Message, Session};
+
+struct Broadcast;
+
+#[wshub::async_trait]
+impl Handler for Broadcast {
+    async fn on_message(&self, session: &Session, message: Message) {
+        session.hub().broadcast(message);
+    }
+}
+
+#[tokio::main]
+async fn main() -> std::io::Result<()> {
+    let addr = std::env::args()
+        .nth(1)
+        .unwrap_or_else(|| "127.0.0.1:9001".into());
+    let hub = Hub::new(Broadcast);
+    let listener = tokio::net::TcpListener::bind(&addr).await?;
+    println!("broadcast hub listening on ws://{}", listener.local_addr()?);
+    let server = tokio::spawn(hub.clone().serve(listener));
+    let result = tokio::select! {
+        r = server => r.map_err(std::io::Error::other)?,
+        _ = tokio::signal::ctrl_c() => {
+            hub.shutdown(std::time::Duration::from_secs(2)).await;
+            Ok(())
+        }
+    };
+    result
+}

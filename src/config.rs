@@ -1,0 +1,248 @@
+//! The one configuration struct: limits, timeouts and policies, each with a safe default.
+
+use std::time::Duration;
+
+/// What a session's full outbound queue does with one more message.
+///
+/// A queue is full when it holds [`Config::max_queue_messages`] messages or one more message
+/// would take it past [`Config::max_queue_bytes`]. Whatever the policy, the sender never waits:
+/// the outcome is returned at once ([`SendError`](crate::SendError) for `send_to`, the counts of a
+/// [`Delivery`](crate::Delivery) for `broadcast` and `publish`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum SlowConsumerPolicy {
+    /// Close the session with 1008 ("slow consumer"), discarding what it had queued. The right
+    /// default for push: a client that cannot keep up reconnects and reloads state, and memory
+    /// stays bounded.
+    #[default]
+    Disconnect,
+    /// Keep the queue as it is and discard the new message (for streams where old data matters
+    /// more than new, e.g. an ordered log the client will re-fetch).
+    DropNewest,
+    /// Discard the oldest queued messages to make room (for "latest value wins" feeds such as
+    /// prices or positions).
+    DropOldest,
+}
+
+/// Configuration of a [`Hub`](crate::Hub): limits, timeouts and policies.
+///
+/// Every setter takes and returns the config by value and documents its default and the threat
+/// or trade-off it addresses.
+///
+/// ```
+/// use std::time::Duration;
+/// use wshub::{Config, SlowConsumerPolicy};
+///
+/// let config = Config::default()
+///     .max_message_size(256 * 1024)
+///     .ping_interval(Some(Duration::from_secs(15)))
+///     .slow_consumer_policy(SlowConsumerPolicy::DropOldest)
+///     .allowed_origins(["https://app.example.com"]);
+/// assert_eq!(config.get_max_message_size(), 256 * 1024);
+/// ```
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub(crate) max_message_size: usize,
+    pub(crate) max_queue_bytes: usize,
+    pub(crate) max_queue_messages: usize,
+    pub(crate) slow_consumer: SlowConsumerPolicy,
+    pub(crate) write_batch_bytes: usize,
+    pub(crate) ping_interval: Option<Duration>,
+    pub(crate) ping_timeout: Duration,
+    pub(crate) idle_timeout: Option<Duration>,
+    pub(crate) handshake_timeout: Duration,
+    pub(crate) close_timeout: Duration,
+    pub(crate) max_sessions: usize,
+    pub(crate) max_handshake_bytes: usize,
+    pub(crate) allowed_origins: Vec<String>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            max_message_size: 1024 * 1024,
+            max_queue_bytes: 1024 * 1024,
+            max_queue_messages: 4096,
+            slow_consumer: SlowConsumerPolicy::Disconnect,
+            write_batch_bytes: 64 * 1024,
+            ping_interval: Some(Duration::from_secs(20)),
+            ping_timeout: Duration::from_secs(20),
+            idle_timeout: Some(Duration::from_secs(120)),
+            handshake_timeout: Duration::from_secs(10),
+            close_timeout: Duration::from_secs(5),
+            max_sessions: 100_000,
+            max_handshake_bytes: 16 * 1024,
+            allowed_origins: Vec::new(),
+        }
+    }
+}
+
+impl Config {
+    /// The largest inbound message, in bytes, summed over its fragments. Default: 1 MiB.
+    ///
+    /// A larger message is refused with close code 1009 as soon as its declared length says it
+    /// would exceed the limit, before its payload is read or memory is reserved for it.
+    /// Threat: a client that makes the server buffer huge messages.
+    #[must_use]
+    pub fn max_message_size(mut self, bytes: usize) -> Self {
+        self.max_message_size = bytes;
+        self
+    }
+
+    /// The bytes one session may have queued for sending. Default: 1 MiB.
+    ///
+    /// With [`max_queue_messages`](Self::max_queue_messages), this bounds the memory a slow or
+    /// stalled client can hold on the server (plus one write batch). A single message larger
+    /// than the limit is still accepted into an empty queue.
+    #[must_use]
+    pub fn max_queue_bytes(mut self, bytes: usize) -> Self {
+        self.max_queue_bytes = bytes;
+        self
+    }
+
+    /// The messages one session may have queued for sending. Default: 4096.
+    ///
+    /// Absorbs bursts (a publisher writing faster than the socket drains for a moment) while
+    /// still bounding the per-message overhead of a stalled client.
+    #[must_use]
+    pub fn max_queue_messages(mut self, messages: usize) -> Self {
+        self.max_queue_messages = messages.max(1);
+        self
+    }
+
+    /// What a full outbound queue does. Default: [`SlowConsumerPolicy::Disconnect`].
+    #[must_use]
+    pub fn slow_consumer_policy(mut self, policy: SlowConsumerPolicy) -> Self {
+        self.slow_consumer = policy;
+        self
+    }
+
+    /// The most bytes the writer takes from the queue for one socket write. Default: 64 KiB.
+    ///
+    /// Larger batches mean fewer system calls under load; every message queued when the writer
+    /// wakes goes out in one write up to this size.
+    #[must_use]
+    pub fn write_batch_bytes(mut self, bytes: usize) -> Self {
+        self.write_batch_bytes = bytes.max(1024);
+        self
+    }
+
+    /// How long a session may stay silent before the server pings it; `None` turns the
+    /// heartbeat off. Default: 20 s (Tornado's `websocket_ping_interval`).
+    ///
+    /// Threat: dead peers (a laptop closed, a NAT entry dropped) that never send a FIN hold a
+    /// session forever. Pings also keep proxies from timing out idle connections.
+    #[must_use]
+    pub fn ping_interval(mut self, interval: Option<Duration>) -> Self {
+        self.ping_interval = interval;
+        self
+    }
+
+    /// How long after a ping the session is closed if nothing at all arrived from the peer.
+    /// Default: 20 s (Tornado's `websocket_ping_timeout`).
+    #[must_use]
+    pub fn ping_timeout(mut self, timeout: Duration) -> Self {
+        self.ping_timeout = timeout;
+        self
+    }
+
+    /// How long a session may receive no frame at all (data, ping or pong) before it is closed
+    /// with 1001; `None` turns it off. Default: 120 s.
+    ///
+    /// With the heartbeat on, a live client answers pings and is never idle; this limit is what
+    /// reaps silent connections if you turn the heartbeat off or lengthen it.
+    #[must_use]
+    pub fn idle_timeout(mut self, timeout: Option<Duration>) -> Self {
+        self.idle_timeout = timeout;
+        self
+    }
+
+    /// How long a client has to complete the HTTP upgrade, authorization included. Default: 10 s.
+    ///
+    /// Threat: slowloris clients that open sockets and send headers a byte at a time.
+    #[must_use]
+    pub fn handshake_timeout(mut self, timeout: Duration) -> Self {
+        self.handshake_timeout = timeout;
+        self
+    }
+
+    /// How long a closing session may take to flush its queue and receive the peer's close
+    /// frame before the connection is dropped. Default: 5 s.
+    #[must_use]
+    pub fn close_timeout(mut self, timeout: Duration) -> Self {
+        self.close_timeout = timeout;
+        self
+    }
+
+    /// The most sessions the hub holds; further upgrades get HTTP 503. Default: 100,000.
+    ///
+    /// Threat: connection floods exhausting file descriptors and memory.
+    #[must_use]
+    pub fn max_sessions(mut self, sessions: usize) -> Self {
+        self.max_sessions = sessions;
+        self
+    }
+
+    /// The largest upgrade request (request line and headers). Default: 16 KiB; larger requests
+    /// get HTTP 431.
+    #[must_use]
+    pub fn max_handshake_bytes(mut self, bytes: usize) -> Self {
+        self.max_handshake_bytes = bytes.max(256);
+        self
+    }
+
+    /// Origins accepted besides the same origin, e.g. `"https://app.example.com"` (scheme, host
+    /// and port exactly as browsers send them); `"*"` accepts any origin. Default: none.
+    ///
+    /// Requests without an `Origin` header (non-browser clients) are always accepted. A browser
+    /// request whose origin is neither listed nor accepted by
+    /// [`Handler::check_origin`](crate::Handler::check_origin) (same-origin by default) gets
+    /// HTTP 403. Threat: cross-site WebSocket hijacking, where a page on another site opens a
+    /// socket with the user's cookies.
+    #[must_use]
+    pub fn allowed_origins<I, S>(mut self, origins: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.allowed_origins = origins.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// The configured maximum inbound message size.
+    pub fn get_max_message_size(&self) -> usize {
+        self.max_message_size
+    }
+
+    /// The configured per-session queue limit in bytes.
+    pub fn get_max_queue_bytes(&self) -> usize {
+        self.max_queue_bytes
+    }
+
+    /// The configured maximum number of sessions.
+    pub fn get_max_sessions(&self) -> usize {
+        self.max_sessions
+    }
+
+    /// The smallest of the configured timeouts: how often the hub's timer must look.
+    pub(crate) fn timer_tick(&self) -> Duration {
+        let mut shortest = self.close_timeout;
+        for d in [
+            self.ping_interval,
+            Some(self.ping_timeout),
+            self.idle_timeout,
+        ]
+        .into_iter()
+        .flatten()
+        {
+            shortest = shortest.min(d);
+        }
+        (shortest / 4).clamp(Duration::from_millis(5), Duration::from_secs(1))
+    }
+
+    pub(crate) fn origin_listed(&self, origin: &str) -> bool {
+        self.allowed_origins
+            .iter()
+            .any(|o| o == "*" || o.eq_ignore_ascii_case(origin))
+    }
+}

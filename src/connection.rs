@@ -1,0 +1,449 @@
+//! One socket, one task: the upgrade, then a loop that reads frames into the [`Handler`] and
+//! writes whatever the session's outbox holds, in batches.
+//!
+//! Reads and writes go through per-thread scratch buffers, so a connection holds no buffer of
+//! its own while idle: only the bytes of a message still arriving, or of a batch the socket
+//! did not take yet, are kept per connection.
+
+use std::cell::RefCell;
+use std::future::{Future, poll_fn};
+use std::io;
+use std::net::SocketAddr;
+use std::panic::AssertUnwindSafe;
+use std::pin::{Pin, pin};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll, ready};
+
+use bytes::{Buf, Bytes, BytesMut};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+
+use crate::frame::{Decoder, Event, ProtocolError};
+use crate::handler::CloseReason;
+use crate::handshake::{self, Accepted, Refused};
+use crate::hub::{Core, Hub};
+use crate::message::{CloseCode, CloseFrame, Message};
+use crate::outbox::{Abort, Outbox};
+use crate::registry::SessionTopics;
+use crate::session::{Session, SessionInner};
+
+const READ_SCRATCH: usize = 64 * 1024;
+
+thread_local! {
+    static READ_BUF: RefCell<Box<[u8]>> = RefCell::new(vec![0; READ_SCRATCH].into_boxed_slice());
+    static WRITE_BUF: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Runs one raw connection: the HTTP upgrade, then the session.
+pub(crate) async fn run<S>(hub: Hub, mut io: S, peer: SocketAddr)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let core = hub.core.clone();
+    let handshake = async {
+        let (head, rest) = handshake::read_head(&mut io, core.config.max_handshake_bytes).await?;
+        let accepted = handshake::negotiate(&core, head, peer).await?;
+        Ok::<_, Refused>((accepted, rest))
+    };
+    let outcome = tokio::select! {
+        r = tokio::time::timeout(core.config.handshake_timeout, handshake) => {
+            r.unwrap_or(Err(Refused::Gone))
+        }
+        _ = core.stopped() => Err(Refused::Gone),
+    };
+    let (accepted, rest) = match outcome {
+        Ok(ok) => ok,
+        Err(Refused::Respond(reject)) => {
+            tracing::debug!(%peer, status = %reject.status, "upgrade refused");
+            let _ = tokio::time::timeout(
+                core.config.close_timeout,
+                handshake::write_reject(&mut io, &reject),
+            )
+            .await;
+            return;
+        }
+        Err(Refused::Gone) => return,
+    };
+    let response = accepted.response();
+    let written = tokio::time::timeout(core.config.handshake_timeout, async {
+        io.write_all(&response).await?;
+        io.flush().await
+    })
+    .await;
+    if !matches!(written, Ok(Ok(()))) {
+        return;
+    }
+    serve_session(hub, io, accepted, rest).await;
+}
+
+/// Registers an upgraded connection as a session and runs it to the end, `on_close` included.
+pub(crate) async fn serve_session<S>(hub: Hub, io: S, accepted: Accepted, rest: Bytes)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let core = hub.core.clone();
+    core.start_timer();
+    let Accepted {
+        request,
+        subprotocol,
+        admission,
+        ..
+    } = accepted;
+    let inner = Arc::new(SessionInner {
+        id: core.registry.next_id(),
+        request,
+        subprotocol,
+        outbox: Outbox::new(&core.config),
+        topics: std::sync::Mutex::new(SessionTopics::default()),
+        last_seen: AtomicU64::new(core.now_ms()),
+        ping_sent: AtomicU64::new(0),
+        close_deadline: AtomicU64::new(0),
+    });
+    core.registry.insert(inner.clone());
+    admission.keep();
+    let session = Session {
+        inner: inner.clone(),
+        hub,
+    };
+    let handler = core.handler.clone();
+    tracing::debug!(id = %inner.id, peer = %session.peer_addr(), path = session.path(), "session open");
+
+    let mut conn = Connection::new(io, inner.clone(), core.clone(), rest);
+    let mut driven = conn.drive(handler.open(&session)).await;
+    let reason = loop {
+        if driven == Driven::Panicked {
+            tracing::error!(id = %inner.id, "handler panicked; closing the session with 1011");
+            core.close_session(
+                &inner,
+                CloseFrame::new(CloseCode::INTERNAL, "internal error"),
+            );
+        }
+        match poll_fn(|cx| conn.poll_event(cx)).await {
+            Step::Message(m) => driven = conn.drive(handler.on_message(&session, m)).await,
+            Step::End(reason) => break reason,
+        }
+    };
+    drop(conn);
+    inner.outbox.finish();
+    core.registry.remove(&inner);
+    core.registry.release();
+    tracing::debug!(id = %inner.id, %reason, "session closed");
+    let closing = AssertUnwindSafe(handler.on_close(&session, reason));
+    if catch_unwind_future(closing).await.is_err() {
+        tracing::error!(id = %inner.id, "on_close panicked");
+    }
+}
+
+async fn catch_unwind_future<F: Future>(fut: F) -> Result<F::Output, ()> {
+    let mut fut = pin!(fut);
+    poll_fn(
+        |cx| match std::panic::catch_unwind(AssertUnwindSafe(|| fut.as_mut().poll(cx))) {
+            Ok(Poll::Ready(v)) => Poll::Ready(Ok(v)),
+            Ok(Poll::Pending) => Poll::Pending,
+            Err(_) => Poll::Ready(Err(())),
+        },
+    )
+    .await
+}
+
+/// What the connection asks of the session loop.
+enum Step {
+    Message(Message),
+    End(CloseReason),
+}
+
+/// How a handler call ended.
+#[derive(Debug, PartialEq, Eq)]
+enum Driven {
+    Done,
+    Panicked,
+    /// The connection was aborted; the handler's future was dropped.
+    Aborted,
+}
+
+struct Connection<S> {
+    io: S,
+    session: Arc<SessionInner>,
+    core: Arc<Core>,
+    decoder: Decoder,
+    /// Received bytes not yet decoded (after an event ended mid-read).
+    input: Bytes,
+    /// The part of a write batch the socket has not taken yet.
+    pending: BytesMut,
+    needs_flush: bool,
+    /// Reading stopped: the peer's close arrived, its input was refused, or EOF.
+    read_closed: bool,
+    eof: bool,
+    /// The peer's close frame (inner `None`: it had no status code).
+    close_received: Option<Option<CloseFrame>>,
+    close_written: bool,
+    /// A protocol error: close without waiting for the peer's answer.
+    failing: bool,
+    io_error: Option<io::Error>,
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
+    fn new(io: S, session: Arc<SessionInner>, core: Arc<Core>, input: Bytes) -> Self {
+        Connection {
+            io,
+            decoder: Decoder::new(core.config.max_message_size),
+            session,
+            core,
+            input,
+            pending: BytesMut::new(),
+            needs_flush: false,
+            read_closed: false,
+            eof: false,
+            close_received: None,
+            close_written: false,
+            failing: false,
+            io_error: None,
+        }
+    }
+
+    /// Runs a handler future to completion while the socket keeps being written.
+    async fn drive<F: Future<Output = ()>>(&mut self, fut: F) -> Driven {
+        let mut fut = pin!(fut);
+        poll_fn(|cx| {
+            if self.session.outbox.aborted().is_some() {
+                return Poll::Ready(Driven::Aborted);
+            }
+            self.session.outbox.register(cx.waker());
+            if self.io_error.is_none() {
+                if let Poll::Ready(Err(e)) = self.poll_write_side(cx) {
+                    self.io_error = Some(e);
+                }
+            }
+            match std::panic::catch_unwind(AssertUnwindSafe(|| fut.as_mut().poll(cx))) {
+                Ok(Poll::Ready(())) => Poll::Ready(Driven::Done),
+                Ok(Poll::Pending) => Poll::Pending,
+                Err(_) => Poll::Ready(Driven::Panicked),
+            }
+        })
+        .await
+    }
+
+    fn poll_event(&mut self, cx: &mut Context<'_>) -> Poll<Step> {
+        loop {
+            if let Some(why) = self.session.outbox.aborted() {
+                return Poll::Ready(Step::End(self.reason(Some(why))));
+            }
+            if self.io_error.is_none() {
+                if let Poll::Ready(Err(e)) = self.poll_write_side(cx) {
+                    self.io_error = Some(e);
+                }
+            }
+            if let Some(reason) = self.finished(cx) {
+                return Poll::Ready(Step::End(reason));
+            }
+            if self.read_closed {
+                // Waiting for the queue to drain, the close deadline, or an abort.
+                self.session.outbox.register(cx.waker());
+                return Poll::Pending;
+            }
+            match self.poll_read_side(cx) {
+                Poll::Ready(Some(message)) => return Poll::Ready(Step::Message(message)),
+                Poll::Ready(None) => continue,
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+    }
+
+    /// Whether the connection is over, and why.
+    fn finished(&mut self, cx: &mut Context<'_>) -> Option<CloseReason> {
+        if self.io_error.is_some() || self.eof {
+            return Some(self.reason(None));
+        }
+        let flushed = self.pending.is_empty() && !self.needs_flush;
+        if self.close_written && flushed && (self.close_received.is_some() || self.failing) {
+            // The server closes the TCP connection first (RFC 6455 section 7.1.1); best effort.
+            let _ = Pin::new(&mut self.io).poll_shutdown(cx);
+            return Some(self.reason(None));
+        }
+        None
+    }
+
+    fn reason(&mut self, abort: Option<Abort>) -> CloseReason {
+        if abort == Some(Abort::PingTimeout) {
+            return CloseReason::PingTimeout;
+        }
+        if let Some(frame) = self.session.outbox.sent_close_frame() {
+            return CloseReason::Server(frame);
+        }
+        if let Some(frame) = self.close_received.take() {
+            return CloseReason::Client(
+                frame.unwrap_or_else(|| CloseFrame::new(CloseCode::NO_STATUS, "")),
+            );
+        }
+        match self.io_error.take() {
+            Some(e)
+                if !matches!(
+                    e.kind(),
+                    io::ErrorKind::ConnectionReset
+                        | io::ErrorKind::BrokenPipe
+                        | io::ErrorKind::UnexpectedEof
+                        | io::ErrorKind::ConnectionAborted
+                ) =>
+            {
+                CloseReason::Io(e)
+            }
+            _ => CloseReason::Disconnected,
+        }
+    }
+
+    /// Writes what is pending, then everything queued, batch by batch, until the queue is
+    /// empty (`Ready(Ok)`, the outbox holds the waker) or the socket is full (`Pending`).
+    fn poll_write_side(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let batch = self.core.config.write_batch_bytes;
+        loop {
+            while !self.pending.is_empty() {
+                let n = ready!(Pin::new(&mut self.io).poll_write(cx, &self.pending))?;
+                if n == 0 {
+                    return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+                }
+                self.pending.advance(n);
+                self.needs_flush = true;
+            }
+            if self.pending.capacity() > 0 {
+                self.pending = BytesMut::new();
+            }
+            let wrote = WRITE_BUF.with_borrow_mut(|buf| {
+                buf.clear();
+                let drained = self.session.outbox.drain(buf, batch, cx.waker());
+                if drained.frames == 0 {
+                    return Ok(false);
+                }
+                self.close_written |= drained.close_written;
+                self.needs_flush = true;
+                let mut off = 0;
+                while off < buf.len() {
+                    match Pin::new(&mut self.io).poll_write(cx, &buf[off..]) {
+                        Poll::Ready(Ok(0)) => return Err(io::ErrorKind::WriteZero.into()),
+                        Poll::Ready(Ok(n)) => off += n,
+                        Poll::Ready(Err(e)) => return Err(e),
+                        Poll::Pending => break,
+                    }
+                }
+                if off < buf.len() {
+                    self.pending.extend_from_slice(&buf[off..]);
+                }
+                if buf.capacity() > 4 * batch {
+                    *buf = Vec::new();
+                }
+                Ok(true)
+            })?;
+            if !wrote {
+                break;
+            }
+            if !self.pending.is_empty() {
+                return Poll::Pending;
+            }
+        }
+        if self.needs_flush {
+            ready!(Pin::new(&mut self.io).poll_flush(cx))?;
+            self.needs_flush = false;
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    /// Reads and decodes until a message is complete (`Ready(Some)`), the connection's state
+    /// changed (`Ready(None)`: close, error, EOF), or the socket has nothing (`Pending`).
+    fn poll_read_side(&mut self, cx: &mut Context<'_>) -> Poll<Option<Message>> {
+        while !self.input.is_empty() {
+            let input = std::mem::take(&mut self.input);
+            match self.decode_from(&input) {
+                Decoded::Message(m, used) => {
+                    self.input = input.slice(used..);
+                    return Poll::Ready(Some(m));
+                }
+                Decoded::Stop => return Poll::Ready(None),
+                Decoded::NeedMore => {}
+            }
+        }
+        loop {
+            let read = READ_BUF.with_borrow_mut(|buf| {
+                let mut rb = ReadBuf::new(&mut buf[..]);
+                match Pin::new(&mut self.io).poll_read(cx, &mut rb) {
+                    Poll::Pending => return Poll::Pending,
+                    Poll::Ready(Err(e)) => {
+                        self.io_error = Some(e);
+                        return Poll::Ready(None);
+                    }
+                    Poll::Ready(Ok(())) => {}
+                }
+                let n = rb.filled().len();
+                if n == 0 {
+                    self.eof = true;
+                    self.read_closed = true;
+                    return Poll::Ready(None);
+                }
+                self.session
+                    .last_seen
+                    .store(self.core.now_ms(), Ordering::Release);
+                match self.decode_from(&buf[..n]) {
+                    Decoded::Message(m, used) => {
+                        self.input = Bytes::copy_from_slice(&buf[used..n]);
+                        Poll::Ready(Some(Some(m)))
+                    }
+                    Decoded::Stop => Poll::Ready(None),
+                    Decoded::NeedMore => Poll::Ready(Some(None)),
+                }
+            });
+            match read {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(None) => return Poll::Ready(None),
+                Poll::Ready(Some(Some(m))) => return Poll::Ready(Some(m)),
+                Poll::Ready(Some(None)) => continue,
+            }
+        }
+    }
+
+    /// Decodes `data` until a message completes, reading must stop, or the data is used up.
+    fn decode_from(&mut self, data: &[u8]) -> Decoded {
+        let mut pos = 0;
+        while pos < data.len() {
+            match self.decoder.decode(&data[pos..]) {
+                Ok((used, event)) => {
+                    pos += used;
+                    match event {
+                        Some(Event::Message(m)) => {
+                            if self.session.outbox.is_open() {
+                                return Decoded::Message(m, pos);
+                            }
+                            // Closing: data after our close frame is discarded.
+                        }
+                        Some(Event::Ping(payload)) => self.session.outbox.pong(&payload),
+                        Some(Event::Pong) | None => {}
+                        Some(Event::Close(frame)) => {
+                            self.session.outbox.reply_close(frame.as_ref());
+                            self.close_received = Some(frame);
+                            self.read_closed = true;
+                            return Decoded::Stop;
+                        }
+                    }
+                }
+                Err(e) => {
+                    self.fail(e);
+                    return Decoded::Stop;
+                }
+            }
+        }
+        Decoded::NeedMore
+    }
+
+    /// Refuses the peer's input: close with the error's code, without waiting for an answer.
+    fn fail(&mut self, e: ProtocolError) {
+        tracing::debug!(id = %self.session.id, code = %e.code, reason = e.reason, "protocol error");
+        self.failing = true;
+        self.read_closed = true;
+        self.core
+            .close_session(&self.session, CloseFrame::new(e.code, e.reason));
+    }
+}
+
+enum Decoded {
+    /// A message, and how many bytes of the input it took.
+    Message(Message, usize),
+    Stop,
+    NeedMore,
+}

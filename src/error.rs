@@ -1,0 +1,75 @@
+//! Errors: one small type per operation, each variant saying what the caller should do.
+
+use crate::session::SessionId;
+
+/// Why [`Hub::send_to`](crate::Hub::send_to) or [`Session::send`](crate::Session::send) did
+/// not queue a message as asked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum SendError {
+    /// No session with this id is connected to this hub (it never existed or has ended). Drop
+    /// whatever you keep for it.
+    #[error("no session {0}")]
+    NotFound(SessionId),
+    /// The session is closing: it accepts no more messages. Treat it as gone.
+    #[error("session {0} is closing")]
+    Closing(SessionId),
+    /// The session's outbound queue was full; the configured
+    /// [`SlowConsumerPolicy`](crate::SlowConsumerPolicy) applied, with this outcome.
+    #[error("session {id} is not keeping up: {outcome}")]
+    Full {
+        /// The session.
+        id: SessionId,
+        /// What the policy did.
+        outcome: FullOutcome,
+    },
+}
+
+/// What the slow-consumer policy did when a session's queue was full.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum FullOutcome {
+    /// The session was closed with 1008; this message and its queue were discarded.
+    Disconnected,
+    /// This message was discarded; the queue is unchanged.
+    DroppedNewest,
+    /// This message was queued after discarding this many older messages.
+    DroppedOldest(usize),
+}
+
+impl std::fmt::Display for FullOutcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            FullOutcome::Disconnected => f.write_str("disconnected"),
+            FullOutcome::DroppedNewest => f.write_str("message dropped"),
+            FullOutcome::DroppedOldest(n) => write!(f, "{n} older message(s) dropped"),
+        }
+    }
+}
+
+/// Why a topic operation was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum TopicError {
+    /// The topic name is empty, longer than 255 bytes, or contains control characters. Choose
+    /// another name.
+    #[error("invalid topic name")]
+    InvalidName,
+    /// No session with this id is connected to this hub.
+    #[error("no session {0}")]
+    NotFound(SessionId),
+}
+
+/// Checks a topic name: 1 to 255 bytes, no control characters.
+///
+/// ```
+/// assert!(wshub::validate_topic("orders/eu-west").is_ok());
+/// assert!(wshub::validate_topic("").is_err());
+/// assert!(wshub::validate_topic("a\nb").is_err());
+/// ```
+pub fn validate_topic(topic: &str) -> Result<(), TopicError> {
+    if topic.is_empty() || topic.len() > 255 || topic.chars().any(char::is_control) {
+        return Err(TopicError::InvalidName);
+    }
+    Ok(())
+}

@@ -1,0 +1,331 @@
+//! The application's side: the [`Handler`] trait and what its hooks see.
+
+use std::fmt;
+use std::net::SocketAddr;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use http::{Extensions, HeaderMap, HeaderName, HeaderValue, StatusCode, Uri};
+
+use crate::message::{CloseFrame, Message};
+use crate::session::Session;
+
+/// The application logic of a hub, like Tornado's `WebSocketHandler`.
+///
+/// Every method has a default, so an implementation overrides only what it needs and a hook
+/// added in a later version breaks no one. Methods take `&self`: one handler serves every
+/// session, concurrently; keep per-session state in the data attached by
+/// [`authorize`](Handler::authorize) or in your own map keyed by [`SessionId`](crate::SessionId).
+///
+/// The handshake hooks ([`check_origin`](Handler::check_origin),
+/// [`authorize`](Handler::authorize), [`select_subprotocol`](Handler::select_subprotocol)) run
+/// **before** the upgrade, so a refusal is an HTTP status, not a close frame.
+///
+/// For one session, [`open`](Handler::open) runs first, then each
+/// [`on_message`](Handler::on_message) in arrival order (the next message is not read until the
+/// previous call returns), then [`on_close`](Handler::on_close) exactly once. Different sessions
+/// run concurrently. A panic in a hook closes that session with 1011 and still runs `on_close`.
+///
+/// ```
+/// use wshub::{CloseReason, Handler, Message, Session};
+///
+/// struct Chat;
+///
+/// #[wshub::async_trait]
+/// impl Handler for Chat {
+///     async fn open(&self, session: &Session) {
+///         let _ = session.subscribe("lobby");
+///     }
+///     async fn on_message(&self, session: &Session, message: Message) {
+///         session.hub().publish("lobby", message);
+///     }
+///     async fn on_close(&self, session: &Session, reason: CloseReason) {
+///         println!("{} left: {reason}", session.id());
+///     }
+/// }
+/// ```
+#[async_trait]
+pub trait Handler: Send + Sync + 'static {
+    /// Decides whether a browser page from `origin` may connect. Runs only for requests that
+    /// carry an `Origin` header not listed in
+    /// [`Config::allowed_origins`](crate::Config::allowed_origins); `false` answers HTTP 403.
+    ///
+    /// Default: same-origin, as Tornado — the origin's host and port must equal the `Host`
+    /// header (see [`Request::is_same_origin`]).
+    fn check_origin(&self, origin: &str, request: &Request) -> bool {
+        request.is_same_origin(origin)
+    }
+
+    /// Authorizes the upgrade: sees the path, query, headers and peer address, may refuse with
+    /// an HTTP status, and may attach typed data to the session through
+    /// [`Request::extensions_mut`] (read it back with [`Session::data`]). Default: accept.
+    ///
+    /// ```
+    /// use wshub::{Handler, Reject, Request};
+    /// use wshub::http::StatusCode;
+    ///
+    /// #[derive(Clone)] // attached data must be Clone + Send + Sync
+    /// struct User(String);
+    /// struct Auth;
+    ///
+    /// #[wshub::async_trait]
+    /// impl Handler for Auth {
+    ///     async fn authorize(&self, req: &mut Request) -> Result<(), Reject> {
+    ///         let token = req.query_param("token").ok_or(Reject::new(StatusCode::UNAUTHORIZED))?;
+    ///         let user = User(token.to_string()); // look the token up in your store
+    ///         req.extensions_mut().insert(user);
+    ///         Ok(())
+    ///     }
+    /// }
+    /// ```
+    async fn authorize(&self, request: &mut Request) -> Result<(), Reject> {
+        let _ = request;
+        Ok(())
+    }
+
+    /// Chooses one of the subprotocols the client offered (`Sec-WebSocket-Protocol`), or none.
+    /// Default: none. A browser that offered protocols fails the connection when none is chosen.
+    ///
+    /// ```
+    /// # use wshub::{Handler, Request};
+    /// struct Graphql;
+    /// #[wshub::async_trait]
+    /// impl Handler for Graphql {
+    ///     fn select_subprotocol(&self, offered: &[&str], _req: &Request) -> Option<String> {
+    ///         offered.iter().find(|p| **p == "graphql-transport-ws").map(|p| p.to_string())
+    ///     }
+    /// }
+    /// ```
+    fn select_subprotocol(&self, offered: &[&str], request: &Request) -> Option<String> {
+        let _ = (offered, request);
+        None
+    }
+
+    /// The session is registered and may send, subscribe and be found through the hub.
+    async fn open(&self, session: &Session) {
+        let _ = session;
+    }
+
+    /// A complete message arrived from the client.
+    async fn on_message(&self, session: &Session, message: Message) {
+        let _ = (session, message);
+    }
+
+    /// The session ended and has already left the registry and every topic. Runs exactly once
+    /// per session that was opened, whatever ended it.
+    async fn on_close(&self, session: &Session, reason: CloseReason) {
+        let _ = (session, reason);
+    }
+}
+
+/// Why a session ended, as given to [`Handler::on_close`].
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum CloseReason {
+    /// The client started the close handshake with this frame (code 1005 when it carried none);
+    /// wshub answered it.
+    Client(CloseFrame),
+    /// wshub sent this close frame first: an application close ([`Session::close`],
+    /// [`Hub::close`](crate::Hub::close)), shutdown (1001), the idle timeout (1001), the
+    /// slow-consumer policy (1008), a protocol error (1002), invalid UTF-8 (1007), an oversized
+    /// message (1009) or a panicking handler (1011).
+    Server(CloseFrame),
+    /// Nothing arrived within `ping_timeout` of a ping: the peer is presumed dead and the
+    /// connection was dropped.
+    PingTimeout,
+    /// The client went away without a close handshake (EOF or connection reset).
+    Disconnected,
+    /// Another I/O error ended the connection.
+    Io(std::io::Error),
+}
+
+impl CloseReason {
+    /// The close frame of a clean close, whichever side sent it first.
+    pub fn frame(&self) -> Option<&CloseFrame> {
+        match self {
+            CloseReason::Client(f) | CloseReason::Server(f) => Some(f),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for CloseReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            CloseReason::Client(frame) => write!(f, "closed by client: {frame}"),
+            CloseReason::Server(frame) => write!(f, "closed by server: {frame}"),
+            CloseReason::PingTimeout => f.write_str("ping timeout"),
+            CloseReason::Disconnected => f.write_str("disconnected without close handshake"),
+            CloseReason::Io(e) => write!(f, "I/O error: {e}"),
+        }
+    }
+}
+
+/// The upgrade request, as the handshake hooks see it; kept by the [`Session`] afterwards.
+///
+/// ```
+/// # fn show(req: &wshub::Request) {
+/// println!("{} from {} (query {:?})", req.path(), req.peer_addr(), req.query());
+/// # }
+/// ```
+pub struct Request {
+    uri: Uri,
+    headers: HeaderMap,
+    peer: SocketAddr,
+    extensions: Extensions,
+}
+
+impl Request {
+    pub(crate) fn new(uri: Uri, headers: HeaderMap, peer: SocketAddr) -> Self {
+        Request {
+            uri,
+            headers,
+            peer,
+            extensions: Extensions::new(),
+        }
+    }
+
+    /// The request target.
+    pub fn uri(&self) -> &Uri {
+        &self.uri
+    }
+
+    /// The path, e.g. `/live`.
+    pub fn path(&self) -> &str {
+        self.uri.path()
+    }
+
+    /// The raw query string, without `?`.
+    pub fn query(&self) -> Option<&str> {
+        self.uri.query()
+    }
+
+    /// The first value of a query parameter, undecoded (`?token=abc` gives `Some("abc")`).
+    pub fn query_param(&self, name: &str) -> Option<&str> {
+        self.query()?.split('&').find_map(|pair| {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            (k == name).then_some(v)
+        })
+    }
+
+    /// The request headers.
+    pub fn headers(&self) -> &HeaderMap {
+        &self.headers
+    }
+
+    /// A header's value, when present and visible ASCII.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name)?.to_str().ok()
+    }
+
+    /// The TCP peer address (behind a proxy, the proxy's; read `X-Forwarded-For` yourself if
+    /// you trust the proxy).
+    pub fn peer_addr(&self) -> SocketAddr {
+        self.peer
+    }
+
+    /// Typed data attached to this request, carried over to the session.
+    pub fn extensions(&self) -> &Extensions {
+        &self.extensions
+    }
+
+    /// Attaches typed data for the session (see [`Handler::authorize`]).
+    pub fn extensions_mut(&mut self) -> &mut Extensions {
+        &mut self.extensions
+    }
+
+    /// Whether `origin` (`scheme://host[:port]`) names the host and port of the `Host` header;
+    /// default ports (80 for http, 443 for https) may be written or left out on either side.
+    ///
+    /// ```
+    /// # use wshub::Request;
+    /// # fn check(req: &Request) {
+    /// // With `Host: example.com`:
+    /// assert!(req.is_same_origin("https://example.com"));
+    /// assert!(!req.is_same_origin("https://evil.example"));
+    /// # }
+    /// ```
+    pub fn is_same_origin(&self, origin: &str) -> bool {
+        let Some(host) = self.header("host") else {
+            return false;
+        };
+        let Some((scheme, authority)) = origin.split_once("://") else {
+            return false;
+        };
+        let default_port = match scheme.to_ascii_lowercase().as_str() {
+            "http" | "ws" => "80",
+            "https" | "wss" => "443",
+            _ => return false,
+        };
+        normalize_authority(authority, default_port) == normalize_authority(host, default_port)
+    }
+}
+
+fn normalize_authority(authority: &str, default_port: &str) -> String {
+    let authority = authority.trim().trim_end_matches('/').to_ascii_lowercase();
+    match authority.rsplit_once(':') {
+        Some((host, port)) if port == default_port && !host.ends_with(':') => host.to_string(),
+        _ => authority,
+    }
+}
+
+impl fmt::Debug for Request {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Request")
+            .field("uri", &self.uri)
+            .field("peer", &self.peer)
+            .field("headers", &self.headers)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A refused upgrade: the HTTP response the client gets instead of `101 Switching Protocols`.
+///
+/// ```
+/// use wshub::{Reject, http::StatusCode};
+/// let r = Reject::new(StatusCode::UNAUTHORIZED)
+///     .with_body("token expired")
+///     .with_header("www-authenticate", "Bearer");
+/// assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+/// ```
+#[derive(Debug, Clone)]
+pub struct Reject {
+    pub(crate) status: StatusCode,
+    pub(crate) headers: HeaderMap,
+    pub(crate) body: Bytes,
+}
+
+impl Reject {
+    /// A refusal with `status` and the status's reason phrase as body.
+    pub fn new(status: StatusCode) -> Self {
+        Reject {
+            status,
+            headers: HeaderMap::new(),
+            body: Bytes::from_static(status.canonical_reason().unwrap_or("refused").as_bytes()),
+        }
+    }
+
+    /// Replaces the plain-text body.
+    #[must_use]
+    pub fn with_body(mut self, body: impl Into<Bytes>) -> Self {
+        self.body = body.into();
+        self
+    }
+
+    /// Adds a response header; an invalid name or value is ignored.
+    #[must_use]
+    pub fn with_header(mut self, name: &str, value: &str) -> Self {
+        if let (Ok(n), Ok(v)) = (
+            HeaderName::from_bytes(name.as_bytes()),
+            HeaderValue::from_str(value),
+        ) {
+            self.headers.append(n, v);
+        }
+        self
+    }
+
+    /// The HTTP status.
+    pub fn status(&self) -> StatusCode {
+        self.status
+    }
+}

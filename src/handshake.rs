@@ -1,0 +1,293 @@
+//! The HTTP upgrade: reading the request within limits, the handshake policy (capacity,
+//! origin, authorization, subprotocol) and the response. Every refusal is an HTTP status
+//! written before any WebSocket byte.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, StatusCode, Uri, Version};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+use crate::handler::{Reject, Request};
+use crate::hub::Core;
+
+/// The most header lines an upgrade request may have.
+const MAX_HEADERS: usize = 64;
+
+/// The request line and headers of an upgrade request.
+pub(crate) struct Head {
+    pub(crate) method: Method,
+    pub(crate) uri: Uri,
+    pub(crate) version: Version,
+    pub(crate) headers: HeaderMap,
+}
+
+/// Why a handshake did not produce a session.
+pub(crate) enum Refused {
+    /// Answer with this response, then close.
+    Respond(Reject),
+    /// The client went away (or sent nothing): close without answering.
+    Gone,
+}
+
+impl From<Reject> for Refused {
+    fn from(r: Reject) -> Self {
+        Refused::Respond(r)
+    }
+}
+
+/// A place among `max_sessions`, held from the capacity check until the session ends.
+pub(crate) struct Admission(Option<Arc<Core>>);
+
+impl Admission {
+    /// The session now owns the place; the registry releases it when the session ends.
+    pub(crate) fn keep(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for Admission {
+    fn drop(&mut self) {
+        if let Some(core) = self.0.take() {
+            core.registry.release();
+        }
+    }
+}
+
+/// A handshake the policy accepted: what the session keeps, and the 101 response.
+pub(crate) struct Accepted {
+    pub(crate) request: Request,
+    pub(crate) subprotocol: Option<String>,
+    pub(crate) accept_key: String,
+    pub(crate) admission: Admission,
+}
+
+impl Accepted {
+    /// The `101 Switching Protocols` response.
+    pub(crate) fn response(&self) -> Vec<u8> {
+        let mut out = format!(
+            "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {}\r\n",
+            self.accept_key
+        );
+        if let Some(p) = &self.subprotocol {
+            out.push_str("Sec-WebSocket-Protocol: ");
+            out.push_str(p);
+            out.push_str("\r\n");
+        }
+        out.push_str("\r\n");
+        out.into_bytes()
+    }
+}
+
+/// Reads an HTTP/1.x request head of at most `max` bytes. Returns it with any bytes that
+/// followed it (a client may send its first frame without waiting for the response).
+pub(crate) async fn read_head<S: AsyncRead + Unpin>(
+    io: &mut S,
+    max: usize,
+) -> Result<(Head, Bytes), Refused> {
+    let mut buf = BytesMut::with_capacity(1024);
+    loop {
+        let n = io.read_buf(&mut buf).await.map_err(|_| Refused::Gone)?;
+        if n == 0 {
+            return Err(Refused::Gone);
+        }
+        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut req = httparse::Request::new(&mut headers);
+        match req.parse(&buf) {
+            Ok(httparse::Status::Complete(len)) => {
+                let head = to_head(&req)?;
+                let rest = buf.split_off(len).freeze();
+                return Ok((head, rest));
+            }
+            Ok(httparse::Status::Partial) => {
+                if buf.len() >= max {
+                    return Err(too_large());
+                }
+                // Never read past the limit: reserve only up to it.
+                buf.reserve((max - buf.len()).min(4096));
+            }
+            Err(httparse::Error::TooManyHeaders) => return Err(too_large()),
+            Err(_) => return Err(bad_request("malformed HTTP request").into()),
+        }
+    }
+}
+
+fn too_large() -> Refused {
+    Refused::Respond(
+        Reject::new(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE)
+            .with_body("request header too large"),
+    )
+}
+
+fn bad_request(why: &'static str) -> Reject {
+    Reject::new(StatusCode::BAD_REQUEST).with_body(why)
+}
+
+fn to_head(req: &httparse::Request<'_, '_>) -> Result<Head, Reject> {
+    let method = Method::from_bytes(req.method.unwrap_or("").as_bytes())
+        .map_err(|_| bad_request("bad method"))?;
+    let uri: Uri = req
+        .path
+        .unwrap_or("")
+        .parse()
+        .map_err(|_| bad_request("bad request target"))?;
+    let version = match req.version {
+        Some(1) => Version::HTTP_11,
+        _ => Version::HTTP_10,
+    };
+    let mut headers = HeaderMap::with_capacity(req.headers.len());
+    for h in req.headers.iter() {
+        let name = HeaderName::from_bytes(h.name.as_bytes())
+            .map_err(|_| bad_request("bad header name"))?;
+        let value =
+            HeaderValue::from_bytes(h.value).map_err(|_| bad_request("bad header value"))?;
+        headers.append(name, value);
+    }
+    Ok(Head {
+        method,
+        uri,
+        version,
+        headers,
+    })
+}
+
+/// Whether a comma-separated header contains `token` (case-insensitive).
+fn has_token(headers: &HeaderMap, name: HeaderName, token: &str) -> bool {
+    headers.get_all(name).iter().any(|v| {
+        v.to_str()
+            .is_ok_and(|s| s.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
+    })
+}
+
+/// Whether `key` is the base64 form of 16 bytes (RFC 6455 section 4.1).
+pub(crate) fn is_valid_key(key: &[u8]) -> bool {
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    key.len() == 24
+        && key.ends_with(b"==")
+        && key[..22].iter().all(|c| ALPHABET.contains(c))
+        // 16 bytes leave the last character's low four bits zero.
+        && b"AQgw".contains(&key[21])
+}
+
+fn upgrade_required(why: &'static str) -> Reject {
+    Reject::new(StatusCode::UPGRADE_REQUIRED)
+        .with_body(why)
+        .with_header("upgrade", "websocket")
+        .with_header("connection", "Upgrade")
+        .with_header("sec-websocket-version", "13")
+}
+
+/// Applies the handshake policy to a parsed request, running the handler's hooks.
+pub(crate) async fn negotiate(
+    core: &Arc<Core>,
+    head: Head,
+    peer: SocketAddr,
+) -> Result<Accepted, Reject> {
+    if head.method != Method::GET {
+        return Err(Reject::new(StatusCode::METHOD_NOT_ALLOWED).with_header("allow", "GET"));
+    }
+    if head.version != Version::HTTP_11 {
+        return Err(bad_request("WebSocket needs HTTP/1.1"));
+    }
+    let h = &head.headers;
+    if !has_token(h, header::UPGRADE, "websocket") || !has_token(h, header::CONNECTION, "upgrade") {
+        return Err(upgrade_required("this endpoint speaks WebSocket only"));
+    }
+    if h.get(header::SEC_WEBSOCKET_VERSION)
+        .map(HeaderValue::as_bytes)
+        != Some(b"13")
+    {
+        return Err(upgrade_required(
+            "unsupported Sec-WebSocket-Version; 13 is supported",
+        ));
+    }
+    let key = match h.get(header::SEC_WEBSOCKET_KEY) {
+        Some(k) if is_valid_key(k.as_bytes()) => k.as_bytes().to_vec(),
+        _ => return Err(bad_request("missing or invalid Sec-WebSocket-Key")),
+    };
+    if !h.contains_key(header::HOST) {
+        return Err(bad_request("missing Host header"));
+    }
+    if core.is_shutting_down() {
+        return Err(unavailable("server shutting down"));
+    }
+    if !core.registry.admit(core.config.max_sessions) {
+        return Err(unavailable("too many sessions"));
+    }
+    let admission = Admission(Some(core.clone()));
+    let mut request = Request::new(head.uri, head.headers, peer);
+
+    if let Some(origin) = request.header("origin") {
+        if !core.config.origin_listed(origin) && !core.handler.check_origin(origin, &request) {
+            tracing::debug!(%peer, origin, "upgrade refused: origin not allowed");
+            return Err(Reject::new(StatusCode::FORBIDDEN).with_body("origin not allowed"));
+        }
+    }
+    core.handler.authorize(&mut request).await?;
+
+    let offered: Vec<&str> = request
+        .headers()
+        .get_all(header::SEC_WEBSOCKET_PROTOCOL)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+        .collect();
+    let subprotocol = if offered.is_empty() {
+        None
+    } else {
+        core.handler
+            .select_subprotocol(&offered, &request)
+            .filter(|p| offered.contains(&p.as_str()))
+    };
+    Ok(Accepted {
+        accept_key: tungstenite::handshake::derive_accept_key(&key),
+        request,
+        subprotocol,
+        admission,
+    })
+}
+
+fn unavailable(why: &'static str) -> Reject {
+    Reject::new(StatusCode::SERVICE_UNAVAILABLE)
+        .with_body(why)
+        .with_header("retry-after", "5")
+}
+
+/// Writes a refusal as a complete HTTP response and closes the write side.
+pub(crate) async fn write_reject<S: AsyncWrite + Unpin>(io: &mut S, reject: &Reject) {
+    let mut out = format!(
+        "HTTP/1.1 {} {}\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: {}\r\nconnection: close\r\n",
+        reject.status.as_u16(),
+        reject.status.canonical_reason().unwrap_or(""),
+        reject.body.len()
+    )
+    .into_bytes();
+    for (name, value) in &reject.headers {
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    out.extend_from_slice(&reject.body);
+    let _ = io.write_all(&out).await;
+    let _ = io.shutdown().await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn key_validation_follows_rfc_6455() {
+        assert!(is_valid_key(b"dGhlIHNhbXBsZSBub25jZQ=="));
+        assert!(!is_valid_key(b"dGhlIHNhbXBsZSBub25jZQ="));
+        assert!(!is_valid_key(b"dGhlIHNhbXBsZSBub25jZR=="));
+        assert!(!is_valid_key(b"dGhlIHNhbXBsZSBub25j!Q=="));
+        assert!(!is_valid_key(b""));
+    }
+}

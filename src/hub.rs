@@ -1,0 +1,455 @@
+//! The handle users hold: sending, broadcasting, publishing, serving and shutting down.
+
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::pin;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Once};
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpListener;
+use tokio::sync::{Notify, watch};
+
+use crate::config::Config;
+use crate::error::{FullOutcome, SendError, TopicError};
+use crate::frame;
+use crate::handler::Handler;
+use crate::message::{CloseCode, CloseFrame, Message};
+use crate::outbox::{Abort, Pushed};
+use crate::registry::Registry;
+use crate::session::{Session, SessionId, SessionInner};
+
+/// The registry of live sessions and the way to reach them: a cheap, cloneable handle.
+///
+/// Clone it into every task that needs to push: a database change feed, a timer, an HTTP
+/// handler. Every sending method returns at once; none waits for a client.
+///
+/// ```no_run
+/// use wshub::{Handler, Hub, Session};
+///
+/// struct Orders;
+/// #[wshub::async_trait]
+/// impl Handler for Orders {
+///     async fn open(&self, s: &Session) {
+///         let _ = s.subscribe("orders");
+///     }
+/// }
+///
+/// # #[tokio::main] async fn main() -> std::io::Result<()> {
+/// let hub = Hub::new(Orders);
+/// let listener = tokio::net::TcpListener::bind("127.0.0.1:9001").await?;
+/// tokio::spawn(hub.clone().serve(listener));
+/// hub.publish("orders", "order 17 shipped");
+/// # Ok(()) }
+/// ```
+///
+/// The handler is held as a trait object, so `Hub` has no type parameter and can be stored in
+/// application state without naming the handler type.
+#[derive(Clone)]
+pub struct Hub {
+    pub(crate) core: Arc<Core>,
+}
+
+/// What a broadcast or publish did, counted per recipient.
+///
+/// Nothing is lost without being counted: every matching session is either in `queued`,
+/// `dropped` or `disconnected`.
+///
+/// ```
+/// # fn f(hub: &wshub::Hub) {
+/// let report = hub.broadcast("tick");
+/// if report.dropped + report.disconnected > 0 {
+///     eprintln!("{} slow clients missed a tick", report.dropped + report.disconnected);
+/// }
+/// # }
+/// ```
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Delivery {
+    /// Sessions the message was queued for. Queued is not delivered: a session may still end
+    /// before its queue is written.
+    pub queued: usize,
+    /// Messages discarded: recipients whose queue was full under
+    /// [`DropNewest`](crate::SlowConsumerPolicy::DropNewest), older messages discarded under
+    /// [`DropOldest`](crate::SlowConsumerPolicy::DropOldest), and recipients already closing.
+    pub dropped: usize,
+    /// Recipients closed with 1008 under
+    /// [`Disconnect`](crate::SlowConsumerPolicy::Disconnect) because their queue was full.
+    pub disconnected: usize,
+}
+
+/// Builds a [`Hub`] with a [`Config`].
+///
+/// ```
+/// # struct App;
+/// # impl wshub::Handler for App {}
+/// let hub = wshub::Hub::builder(App)
+///     .config(wshub::Config::default().max_sessions(10_000))
+///     .build();
+/// assert_eq!(hub.config().get_max_sessions(), 10_000);
+/// ```
+#[must_use]
+pub struct HubBuilder {
+    handler: Arc<dyn Handler>,
+    config: Config,
+    node: u16,
+}
+
+impl HubBuilder {
+    /// Uses `config` instead of [`Config::default`].
+    pub fn config(mut self, config: Config) -> Self {
+        self.config = config;
+        self
+    }
+
+    /// The node number that prefixes session ids, so ids stay unique across hubs that share
+    /// sessions (a cluster). Default: 0.
+    pub fn node_id(mut self, node: u16) -> Self {
+        self.node = node;
+        self
+    }
+
+    /// Builds the hub. No task is started until the first session opens.
+    pub fn build(self) -> Hub {
+        let (stop, _) = watch::channel(false);
+        Hub {
+            core: Arc::new(Core {
+                registry: Registry::new(self.node),
+                config: self.config,
+                handler: self.handler,
+                epoch: Instant::now(),
+                stop,
+                shutting_down: AtomicBool::new(false),
+                shutdown_deadline_ms: std::sync::atomic::AtomicU64::new(0),
+                tasks: AtomicUsize::new(0),
+                tasks_idle: Notify::new(),
+                timer: Once::new(),
+            }),
+        }
+    }
+}
+
+impl Hub {
+    /// A hub with the default [`Config`].
+    pub fn new(handler: impl Handler) -> Hub {
+        Hub::builder(handler).build()
+    }
+
+    /// A builder, to set the [`Config`].
+    pub fn builder(handler: impl Handler) -> HubBuilder {
+        HubBuilder {
+            handler: Arc::new(handler),
+            config: Config::default(),
+            node: 0,
+        }
+    }
+
+    /// The configuration in force.
+    pub fn config(&self) -> &Config {
+        &self.core.config
+    }
+
+    /// Accepts connections from `listener` until [`shutdown`](Self::shutdown), each in its own
+    /// task. Sets `TCP_NODELAY` on every socket.
+    ///
+    /// Returns `Ok(())` after shutdown starts. Transient accept errors (out of file descriptors,
+    /// a connection reset before it was accepted) are logged and retried after a short pause;
+    /// other errors are returned.
+    pub async fn serve(self, listener: TcpListener) -> io::Result<()> {
+        let mut stopped = pin!(self.core.stopped());
+        let mut backoff = Duration::from_millis(5);
+        loop {
+            tokio::select! {
+                accepted = listener.accept() => match accepted {
+                    Ok((stream, peer)) => {
+                        backoff = Duration::from_millis(5);
+                        let _ = stream.set_nodelay(true);
+                        tokio::spawn(self.accept(stream, peer));
+                    }
+                    Err(e) if is_transient(&e) => {
+                        tracing::warn!(error = %e, "accept failed; retrying");
+                        tokio::time::sleep(backoff).await;
+                        backoff = (backoff * 2).min(Duration::from_secs(1));
+                    }
+                    Err(e) => return Err(e),
+                },
+                _ = &mut stopped => return Ok(()),
+            }
+        }
+    }
+
+    /// Runs one connection from any byte stream (TCP, TLS, a Unix socket, an in-memory pipe):
+    /// the HTTP upgrade with its hooks, then the session until it ends. Spawn the returned
+    /// future; it finishes after [`Handler::on_close`].
+    ///
+    /// ```no_run
+    /// # async fn f(hub: wshub::Hub, listener: tokio::net::TcpListener) -> std::io::Result<()> {
+    /// let (stream, peer) = listener.accept().await?;
+    /// tokio::spawn(hub.accept(stream, peer));
+    /// # Ok(()) }
+    /// ```
+    pub fn accept<S>(
+        &self,
+        stream: S,
+        peer: SocketAddr,
+    ) -> impl Future<Output = ()> + Send + 'static
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let hub = self.clone();
+        let task = TaskGuard::new(&self.core);
+        async move {
+            crate::connection::run(hub, stream, peer).await;
+            drop(task);
+        }
+    }
+
+    /// Queues `message` for one session.
+    ///
+    /// # Return
+    /// `Ok` means queued, not delivered. An error says the session is unknown or closing, or
+    /// that its queue was full and what the [`SlowConsumerPolicy`](crate::SlowConsumerPolicy)
+    /// did ([`SendError::Full`]).
+    ///
+    /// ```
+    /// # fn f(hub: &wshub::Hub, id: wshub::SessionId) {
+    /// match hub.send_to(id, "your order shipped") {
+    ///     Ok(()) => {}
+    ///     Err(wshub::SendError::NotFound(_)) => { /* forget the id */ }
+    ///     Err(e) => eprintln!("{e}"),
+    /// }
+    /// # }
+    /// ```
+    pub fn send_to(&self, id: SessionId, message: impl Into<Message>) -> Result<(), SendError> {
+        let frame = frame::encode_message(&message.into());
+        match self.core.registry.with(id, |s| s.outbox.push(frame)) {
+            Some(pushed) => push_result(id, pushed),
+            None => Err(SendError::NotFound(id)),
+        }
+    }
+
+    /// Queues `message` for every session. The frame is built once and shared.
+    ///
+    /// # Return
+    /// The per-recipient counts; see [`Delivery`].
+    pub fn broadcast(&self, message: impl Into<Message>) -> Delivery {
+        let frame = frame::encode_message(&message.into());
+        self.core.registry.deliver_all(&frame, None)
+    }
+
+    /// Queues `message` for every session but `except` (typically the sender).
+    pub fn broadcast_except(&self, except: SessionId, message: impl Into<Message>) -> Delivery {
+        let frame = frame::encode_message(&message.into());
+        self.core.registry.deliver_all(&frame, Some(except))
+    }
+
+    /// Queues `message` for every subscriber of `topic`.
+    ///
+    /// ```
+    /// # fn f(hub: &wshub::Hub) {
+    /// let report = hub.publish("orders", r#"{"order":17,"status":"shipped"}"#);
+    /// println!("queued for {} subscribers", report.queued);
+    /// # }
+    /// ```
+    pub fn publish(&self, topic: &str, message: impl Into<Message>) -> Delivery {
+        let frame = frame::encode_message(&message.into());
+        self.core.registry.deliver_topic(topic, &frame, None)
+    }
+
+    /// Subscribes session `id` to `topic`; `Ok(false)` when already subscribed or closing.
+    pub fn subscribe(&self, id: SessionId, topic: &str) -> Result<bool, TopicError> {
+        let s = self.core.registry.get(id).ok_or(TopicError::NotFound(id))?;
+        self.core.registry.subscribe(&s, topic)
+    }
+
+    /// Unsubscribes session `id` from `topic`; `Ok(false)` when it was not subscribed.
+    pub fn unsubscribe(&self, id: SessionId, topic: &str) -> Result<bool, TopicError> {
+        self.core
+            .registry
+            .with(id, |s| self.core.registry.unsubscribe(s, topic))
+            .ok_or(TopicError::NotFound(id))
+    }
+
+    /// Closes session `id` with `code` and `reason` once the messages already queued for it are
+    /// written. [`Handler::on_close`] follows when the client answers or `close_timeout` passes.
+    pub fn close(&self, id: SessionId, code: CloseCode, reason: &str) -> Result<(), SendError> {
+        let s = self.core.registry.get(id).ok_or(SendError::NotFound(id))?;
+        if self.core.close_session(&s, CloseFrame::new(code, reason)) {
+            Ok(())
+        } else {
+            Err(SendError::Closing(id))
+        }
+    }
+
+    /// The session with this id, if it is connected.
+    pub fn session(&self, id: SessionId) -> Option<Session> {
+        let inner = self.core.registry.get(id)?;
+        Some(Session {
+            inner,
+            hub: self.clone(),
+        })
+    }
+
+    /// How many sessions are connected.
+    pub fn session_count(&self) -> usize {
+        self.core.registry.len()
+    }
+
+    /// How many sessions are subscribed to `topic`.
+    pub fn subscriber_count(&self, topic: &str) -> usize {
+        self.core.registry.topic_len(topic)
+    }
+
+    /// The topics with at least one subscriber, sorted.
+    pub fn topics(&self) -> Vec<String> {
+        self.core.registry.topic_names()
+    }
+
+    /// Whether [`shutdown`](Self::shutdown) has started.
+    pub fn is_shutting_down(&self) -> bool {
+        self.core.shutting_down.load(Ordering::Acquire)
+    }
+
+    /// Shuts the hub down gracefully.
+    ///
+    /// Stops [`serve`](Self::serve) loops and refuses new upgrades with 503, sends close 1001
+    /// to every session behind what is already queued, lets the queues drain and the clients
+    /// answer until `deadline` has passed, then drops the connections still open. Returns when
+    /// every connection task has ended, each session's [`Handler::on_close`] having run once.
+    ///
+    /// # Cancel safety
+    /// Dropping the returned future early leaves the shutdown in progress: sessions still close
+    /// by their `close_timeout`, but connections are not force-dropped at `deadline`.
+    pub async fn shutdown(&self, deadline: Duration) {
+        let core = &self.core;
+        let until = core.now_ms() + deadline.as_millis() as u64;
+        core.shutdown_deadline_ms.store(until, Ordering::Release);
+        core.shutting_down.store(true, Ordering::Release);
+        core.stop.send_replace(true);
+        tracing::info!(sessions = core.registry.len(), "shutting down");
+        let going_away = CloseFrame::new(CloseCode::GOING_AWAY, "server shutting down");
+        core.registry.for_each(|s| {
+            core.close_session(s, going_away.clone());
+        });
+        if tokio::time::timeout(deadline, core.tasks_finished())
+            .await
+            .is_err()
+        {
+            core.registry
+                .for_each(|s| s.outbox.abort(Abort::CloseTimeout));
+            core.tasks_finished().await;
+        }
+    }
+}
+
+impl std::fmt::Debug for Hub {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Hub")
+            .field("sessions", &self.session_count())
+            .finish_non_exhaustive()
+    }
+}
+
+pub(crate) fn push_result(id: SessionId, pushed: Pushed) -> Result<(), SendError> {
+    match pushed {
+        Pushed::Queued => Ok(()),
+        Pushed::Closed => Err(SendError::Closing(id)),
+        other => Err(SendError::Full {
+            id,
+            outcome: other.full_outcome().unwrap_or(FullOutcome::Disconnected),
+        }),
+    }
+}
+
+fn is_transient(e: &io::Error) -> bool {
+    use io::ErrorKind::*;
+    matches!(
+        e.kind(),
+        ConnectionAborted | ConnectionReset | Interrupted | WouldBlock | OutOfMemory
+    ) || matches!(e.raw_os_error(), Some(23 | 24 | 105 | 12)) // ENFILE, EMFILE, ENOBUFS, ENOMEM
+}
+
+/// State shared by every handle and connection of one hub.
+pub(crate) struct Core {
+    pub(crate) config: Config,
+    pub(crate) handler: Arc<dyn Handler>,
+    pub(crate) registry: Registry,
+    epoch: Instant,
+    stop: watch::Sender<bool>,
+    shutting_down: AtomicBool,
+    shutdown_deadline_ms: std::sync::atomic::AtomicU64,
+    tasks: AtomicUsize,
+    tasks_idle: Notify,
+    timer: Once,
+}
+
+impl Core {
+    /// Milliseconds since the hub was built, plus one (0 means "never").
+    pub(crate) fn now_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64 + 1
+    }
+
+    pub(crate) fn is_shutting_down(&self) -> bool {
+        self.shutting_down.load(Ordering::Acquire)
+    }
+
+    /// Resolves once shutdown has started.
+    pub(crate) fn stopped(&self) -> impl Future<Output = ()> + Send + 'static {
+        let mut stop = self.stop.subscribe();
+        async move {
+            // The guard `wait_for` returns is dropped here, not held by the caller.
+            let _ = stop.wait_for(|stopped| *stopped).await.map(|_| ());
+        }
+    }
+
+    /// Queues a close frame for `s` and sets when it is dropped regardless.
+    pub(crate) fn close_session(&self, s: &SessionInner, frame: CloseFrame) -> bool {
+        if !s.outbox.close(frame) {
+            return false;
+        }
+        let mut deadline = self.now_ms() + self.config.close_timeout.as_millis() as u64;
+        if self.is_shutting_down() {
+            deadline = self.shutdown_deadline_ms.load(Ordering::Acquire);
+        }
+        s.close_deadline.store(deadline, Ordering::Release);
+        true
+    }
+
+    /// Starts the hub's heartbeat timer on first use (it needs a runtime).
+    pub(crate) fn start_timer(self: &Arc<Self>) {
+        self.timer.call_once(|| {
+            tokio::spawn(crate::heartbeat::run(Arc::downgrade(self)));
+        });
+    }
+
+    async fn tasks_finished(&self) {
+        loop {
+            let mut idle = pin!(self.tasks_idle.notified());
+            idle.as_mut().enable();
+            if self.tasks.load(Ordering::Acquire) == 0 {
+                return;
+            }
+            idle.await;
+        }
+    }
+}
+
+/// Counts a live connection task, for [`Hub::shutdown`].
+struct TaskGuard(Arc<Core>);
+
+impl TaskGuard {
+    fn new(core: &Arc<Core>) -> Self {
+        core.tasks.fetch_add(1, Ordering::AcqRel);
+        TaskGuard(core.clone())
+    }
+}
+
+impl Drop for TaskGuard {
+    fn drop(&mut self) {
+        if self.0.tasks.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.tasks_idle.notify_waiters();
+        }
+    }
+}

@@ -1,0 +1,114 @@
+//! # wshub
+//!
+//! Real-time server push over WebSocket for Rust services: a [`Hub`] of live sessions, a
+//! [`Handler`] trait for the application logic (Tornado's `open` / `on_message` / `on_close`,
+//! plus handshake hooks), and [`send_to`](Hub::send_to), [`broadcast`](Hub::broadcast) and
+//! topic [`publish`](Hub::publish) that push any message from anywhere in the application
+//! without ever waiting for a slow client.
+//!
+//! ## Quick start
+//!
+//! ```no_run
+//! use wshub::{CloseReason, Handler, Hub, Message, Session};
+//!
+//! struct Orders;
+//!
+//! #[wshub::async_trait]
+//! impl Handler for Orders {
+//!     async fn open(&self, s: &Session) {
+//!         let _ = s.subscribe("orders");
+//!     }
+//!     async fn on_message(&self, s: &Session, m: Message) {
+//!         s.hub().broadcast_except(s.id(), m);
+//!     }
+//!     async fn on_close(&self, s: &Session, why: CloseReason) {
+//!         println!("{} left: {why}", s.id());
+//!     }
+//! }
+//!
+//! #[tokio::main]
+//! async fn main() -> std::io::Result<()> {
+//!     let hub = Hub::new(Orders);
+//!     let listener = tokio::net::TcpListener::bind("127.0.0.1:9001").await?;
+//!     tokio::spawn(hub.clone().serve(listener));
+//!     // From anywhere in the application, e.g. a database change feed:
+//!     hub.publish("orders", "order 17 shipped");
+//!     # Ok(())
+//! }
+//! ```
+//!
+//! ## The data path of one broadcast
+//!
+//! `hub.broadcast(msg)` ([`hub.rs`](Hub)) frames the message **once** into a shared
+//! [`bytes::Bytes`]; the registry (`registry.rs`) walks the sessions, shard by shard under a
+//! read lock, and pushes a reference-counted clone of that frame into each session's bounded
+//! outbox (`outbox.rs`); the first push wakes the session's connection task
+//! (`connection.rs`), which drains everything queued into one buffer and writes it with one
+//! system call. So under load there is one write per session per wake-up, not one per
+//! message, and the payload is copied only into the socket's write buffer.
+//!
+//! - **Bounded.** Each session's queue is limited in bytes and messages
+//!   ([`Config::max_queue_bytes`], [`Config::max_queue_messages`]). When it is full, the
+//!   [`SlowConsumerPolicy`] applies — disconnect with 1008 (default), drop the newest, or drop
+//!   the oldest — and the sender learns what happened: [`SendError::Full`] from `send_to`, the
+//!   counts of a [`Delivery`] from `broadcast`/`publish`. Nothing is dropped uncounted.
+//! - **Never blocking.** Sending is a synchronous push; no registry lock is held across an
+//!   `.await`, and a stalled client only ever fills its own queue.
+//! - **Ordered.** Messages to one session are written in the order they were queued;
+//!   [`Handler::on_message`] runs in arrival order per session and concurrently across
+//!   sessions.
+//! - **Exactly once cleanup.** On every exit path (close handshake, error, timeout, a panic in
+//!   a handler, shutdown) the session leaves the registry and every topic once, then
+//!   [`Handler::on_close`] runs once.
+//!
+//! ## Protocol and limits
+//!
+//! wshub implements the server side of RFC 6455 itself (framing, fragmentation, UTF-8
+//! validation, the close handshake) so that it can frame once per broadcast and batch writes;
+//! it uses `tungstenite` for the handshake key and `tokio-tungstenite` as the client in its
+//! tests. tungstenite types never appear in wshub's API, so a tungstenite upgrade is not a
+//! breaking change for wshub users; the [`http`] crate's types do (request headers, status
+//! codes) and are re-exported.
+//!
+//! Defaults, all in [`Config`]: 1 MiB maximum message (close 1009 beyond it), ping every 20 s
+//! with a 20 s pong timeout, 120 s idle timeout, 10 s handshake timeout, 5 s close timeout,
+//! 100,000 sessions (HTTP 503 beyond), 16 KiB of request headers (HTTP 431 beyond), 1 MiB /
+//! 4096 messages of outbound queue per session, same-origin browser requests only (HTTP 403
+//! otherwise). Protocol errors close with 1002, invalid UTF-8 with 1007. A client that floods
+//! pings without reading gets one pong for the latest ping, not one per ping.
+//!
+//! ## Shutdown and cancellation
+//!
+//! [`Hub::shutdown`] stops accepting, sends close 1001 to every session behind what it has
+//! queued, waits for the queues to drain and the clients to answer until its deadline, then
+//! drops the rest; every `on_close` has run when it returns. Dropping the future returned by
+//! [`Hub::accept`] drops that connection without running `on_close`; let it run instead.
+#![deny(missing_docs)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
+mod config;
+mod connection;
+mod error;
+mod frame;
+mod handler;
+mod handshake;
+mod heartbeat;
+mod hub;
+mod message;
+mod outbox;
+mod registry;
+mod session;
+
+pub use config::{Config, SlowConsumerPolicy};
+pub use error::{FullOutcome, SendError, TopicError, validate_topic};
+pub use handler::{CloseReason, Handler, Reject, Request};
+pub use hub::{Delivery, Hub, HubBuilder};
+pub use message::{CloseCode, CloseFrame, Message, Text};
+pub use session::{Session, SessionId};
+
+#[doc(no_inline)]
+pub use async_trait::async_trait;
+#[doc(no_inline)]
+pub use bytes::Bytes;
+#[doc(no_inline)]
+pub use http;

@@ -1,0 +1,314 @@
+//! One session's bounded outbound queue, shared by every sender and the session's connection.
+//!
+//! Senders (`send_to`, `broadcast`, `publish`, the heartbeat timer) push pre-framed [`Bytes`]
+//! under a short mutex, never awaiting and never blocking on the socket; the first push after
+//! the connection went idle wakes it, later pushes of the same batch do not. The connection
+//! drains everything queued into one buffer and writes it with one system call.
+
+use std::collections::VecDeque;
+use std::sync::{Mutex, MutexGuard};
+use std::task::Waker;
+
+use bytes::Bytes;
+
+use crate::config::{Config, SlowConsumerPolicy};
+use crate::error::FullOutcome;
+use crate::frame;
+use crate::message::{CloseCode, CloseFrame};
+
+/// Pongs kept owed before later pings replace the newest one.
+const MAX_PONGS: usize = 16;
+
+/// The result of one push.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Pushed {
+    Queued,
+    /// Queued after discarding this many older messages.
+    QueuedDroppingOldest(usize),
+    DroppedNewest,
+    Disconnected,
+    /// The session is closing or gone.
+    Closed,
+}
+
+impl Pushed {
+    pub(crate) fn full_outcome(self) -> Option<FullOutcome> {
+        match self {
+            Pushed::QueuedDroppingOldest(n) => Some(FullOutcome::DroppedOldest(n)),
+            Pushed::DroppedNewest => Some(FullOutcome::DroppedNewest),
+            Pushed::Disconnected => Some(FullOutcome::Disconnected),
+            Pushed::Queued | Pushed::Closed => None,
+        }
+    }
+}
+
+/// Why the connection must stop at once, without waiting for the peer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Abort {
+    PingTimeout,
+    /// The close handshake or the drain before it took too long.
+    CloseTimeout,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Open,
+    /// A close frame is queued behind the data; no more data is accepted.
+    Closing,
+    /// The close frame went into a write batch.
+    CloseWritten,
+    Aborted(Abort),
+    /// The connection ended.
+    Gone,
+}
+
+struct State {
+    frames: VecDeque<Bytes>,
+    bytes: usize,
+    /// Pong frames owed, at most [`MAX_PONGS`]: past that the newest replaces the last, so a
+    /// ping flood from a client that does not read costs bounded memory and the latest ping
+    /// is still answered (RFC 6455 section 5.5.3 allows answering only the latest).
+    pongs: VecDeque<Bytes>,
+    ping_due: bool,
+    close: Option<Bytes>,
+    /// The close frame this side sent first, for `on_close`.
+    close_frame: Option<CloseFrame>,
+    phase: Phase,
+    waker: Option<Waker>,
+    /// The connection was woken and has not drained since: no need to wake it again.
+    notified: bool,
+    high_water: usize,
+}
+
+pub(crate) struct Outbox {
+    state: Mutex<State>,
+    max_bytes: usize,
+    max_messages: usize,
+    policy: SlowConsumerPolicy,
+}
+
+/// What one drain put into the write buffer.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Drained {
+    pub(crate) frames: usize,
+    pub(crate) close_written: bool,
+}
+
+impl Outbox {
+    pub(crate) fn new(config: &Config) -> Self {
+        Outbox {
+            state: Mutex::new(State {
+                frames: VecDeque::new(),
+                bytes: 0,
+                pongs: VecDeque::new(),
+                ping_due: false,
+                close: None,
+                close_frame: None,
+                phase: Phase::Open,
+                waker: None,
+                notified: false,
+                high_water: 0,
+            }),
+            max_bytes: config.max_queue_bytes,
+            max_messages: config.max_queue_messages,
+            policy: config.slow_consumer,
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic while holding this lock cannot leave the queue inconsistent (every critical
+        // section is a few field updates), so a poisoned lock is still usable.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Queues one pre-framed data message, applying the slow-consumer policy when full.
+    pub(crate) fn push(&self, frame: Bytes) -> Pushed {
+        let mut st = self.lock();
+        if st.phase != Phase::Open {
+            return Pushed::Closed;
+        }
+        let len = frame.len();
+        let full = |st: &State| {
+            !st.frames.is_empty()
+                && (st.frames.len() >= self.max_messages || st.bytes + len > self.max_bytes)
+        };
+        let mut result = Pushed::Queued;
+        if full(&st) {
+            match self.policy {
+                SlowConsumerPolicy::DropNewest => return Pushed::DroppedNewest,
+                SlowConsumerPolicy::DropOldest => {
+                    let mut dropped = 0;
+                    while full(&st) {
+                        if let Some(old) = st.frames.pop_front() {
+                            st.bytes -= old.len();
+                            dropped += 1;
+                        }
+                    }
+                    result = Pushed::QueuedDroppingOldest(dropped);
+                }
+                SlowConsumerPolicy::Disconnect => {
+                    st.frames.clear();
+                    st.bytes = 0;
+                    let frame = CloseFrame::new(CloseCode::POLICY, "slow consumer");
+                    Self::begin_close(&mut st, frame);
+                    Self::wake(&mut st);
+                    return Pushed::Disconnected;
+                }
+            }
+        }
+        st.bytes += len;
+        st.frames.push_back(frame);
+        st.high_water = st.high_water.max(st.bytes);
+        Self::wake(&mut st);
+        result
+    }
+
+    /// Queues a close frame behind the data already queued; no more data is accepted. Returns
+    /// false when the session was already closing.
+    pub(crate) fn close(&self, frame: CloseFrame) -> bool {
+        let mut st = self.lock();
+        if st.phase != Phase::Open {
+            return false;
+        }
+        Self::begin_close(&mut st, frame);
+        Self::wake(&mut st);
+        true
+    }
+
+    /// Answers the peer's close frame (echoing its code) unless this side already closed.
+    pub(crate) fn reply_close(&self, frame: Option<&CloseFrame>) {
+        let mut st = self.lock();
+        if st.phase == Phase::Open {
+            st.close = Some(frame::encode_close(
+                frame.map(|f| CloseFrame::new(f.code, "")).as_ref(),
+            ));
+            st.phase = Phase::Closing;
+            Self::wake(&mut st);
+        }
+    }
+
+    fn begin_close(st: &mut State, frame: CloseFrame) {
+        st.close = Some(frame::encode_close(Some(&frame)));
+        st.close_frame = Some(frame);
+        st.phase = Phase::Closing;
+    }
+
+    /// Queues a pong answering a ping (see `pongs` for the bound).
+    pub(crate) fn pong(&self, payload: &[u8]) {
+        let mut st = self.lock();
+        if st.phase == Phase::Open {
+            let pong = frame::encode(frame::OP_PONG, payload);
+            if st.pongs.len() >= MAX_PONGS {
+                st.pongs.pop_back();
+            }
+            st.pongs.push_back(pong);
+            Self::wake(&mut st);
+        }
+    }
+
+    /// Asks the connection to send a heartbeat ping.
+    pub(crate) fn ping(&self) {
+        let mut st = self.lock();
+        if st.phase == Phase::Open {
+            st.ping_due = true;
+            Self::wake(&mut st);
+        }
+    }
+
+    /// Stops the connection at once.
+    pub(crate) fn abort(&self, why: Abort) {
+        let mut st = self.lock();
+        if st.phase != Phase::Gone && !matches!(st.phase, Phase::Aborted(_)) {
+            st.phase = Phase::Aborted(why);
+            Self::wake(&mut st);
+        }
+    }
+
+    fn wake(st: &mut State) {
+        if !st.notified {
+            if let Some(w) = &st.waker {
+                st.notified = true;
+                w.wake_by_ref();
+            }
+        }
+    }
+
+    /// Moves queued frames into `buf` (pongs first, then heartbeat ping, data, and the close
+    /// frame once the data is out) until `buf` holds `max` bytes. When nothing is left, stores
+    /// `waker` to be woken by the next push.
+    pub(crate) fn drain(&self, buf: &mut Vec<u8>, max: usize, waker: &Waker) -> Drained {
+        let mut st = self.lock();
+        let mut out = Drained::default();
+        if matches!(st.phase, Phase::Aborted(_) | Phase::Gone) {
+            return out;
+        }
+        for pong in std::mem::take(&mut st.pongs) {
+            buf.extend_from_slice(&pong);
+            out.frames += 1;
+        }
+        if std::mem::take(&mut st.ping_due) {
+            buf.extend_from_slice(&frame::encode(frame::OP_PING, b""));
+            out.frames += 1;
+        }
+        while buf.len() < max {
+            let Some(f) = st.frames.pop_front() else {
+                break;
+            };
+            st.bytes -= f.len();
+            buf.extend_from_slice(&f);
+            out.frames += 1;
+        }
+        if st.frames.is_empty() {
+            if let Some(close) = st.close.take() {
+                buf.extend_from_slice(&close);
+                st.phase = Phase::CloseWritten;
+                out.frames += 1;
+                out.close_written = true;
+            }
+        }
+        if out.frames == 0 {
+            st.notified = false;
+            match &st.waker {
+                Some(w) if w.will_wake(waker) => {}
+                _ => st.waker = Some(waker.clone()),
+            }
+        }
+        out
+    }
+
+    /// Registers the connection's waker (before the first drain) so aborts reach it.
+    pub(crate) fn register(&self, waker: &Waker) {
+        let mut st = self.lock();
+        match &st.waker {
+            Some(w) if w.will_wake(waker) => {}
+            _ => st.waker = Some(waker.clone()),
+        }
+    }
+
+    pub(crate) fn aborted(&self) -> Option<Abort> {
+        match self.lock().phase {
+            Phase::Aborted(why) => Some(why),
+            _ => None,
+        }
+    }
+
+    pub(crate) fn is_open(&self) -> bool {
+        self.lock().phase == Phase::Open
+    }
+
+    /// The close frame this side queued first, if any.
+    pub(crate) fn sent_close_frame(&self) -> Option<CloseFrame> {
+        self.lock().close_frame.clone()
+    }
+
+    /// The connection ended: refuse everything from now on and free the queue.
+    pub(crate) fn finish(&self) {
+        let mut st = self.lock();
+        st.phase = Phase::Gone;
+        st.frames = VecDeque::new();
+        st.bytes = 0;
+        st.pongs = VecDeque::new();
+        st.close = None;
+        st.waker = None;
+    }
+}
