@@ -53,7 +53,9 @@ pub struct Config {
     pub(crate) handshake_timeout: Duration,
     pub(crate) close_timeout: Duration,
     pub(crate) max_sessions: usize,
+    pub(crate) max_sessions_per_ip: usize,
     pub(crate) max_handshake_bytes: usize,
+    pub(crate) max_messages_per_second: Option<u32>,
     pub(crate) allowed_origins: Vec<String>,
 }
 
@@ -71,7 +73,9 @@ impl Default for Config {
             handshake_timeout: Duration::from_secs(10),
             close_timeout: Duration::from_secs(5),
             max_sessions: 100_000,
+            max_sessions_per_ip: 1_000,
             max_handshake_bytes: 16 * 1024,
+            max_messages_per_second: Some(10_000),
             allowed_origins: Vec::new(),
         }
     }
@@ -180,6 +184,30 @@ impl Config {
     #[must_use]
     pub fn max_sessions(mut self, sessions: usize) -> Self {
         self.max_sessions = sessions;
+        self
+    }
+
+    /// The most sessions from one client IP address; further upgrades get HTTP 429.
+    /// Default: 1,000.
+    ///
+    /// Loopback peers are not limited: they are a reverse proxy on the same host (behind which
+    /// every client shares the proxy's address, so limit per client at the proxy) or a local
+    /// test. Threat: one host exhausting [`max_sessions`](Self::max_sessions) for everyone.
+    #[must_use]
+    pub fn max_sessions_per_ip(mut self, sessions: usize) -> Self {
+        self.max_sessions_per_ip = sessions;
+        self
+    }
+
+    /// The inbound message rate one session may sustain, with a burst of the same size (a
+    /// token bucket); a client that exceeds it is closed with 1008. `None` turns it off.
+    /// Default: 10,000 messages per second.
+    ///
+    /// Generous on purpose: it is there to stop a single client from monopolising the
+    /// handler, not to shape normal traffic. Threat: message floods.
+    #[must_use]
+    pub fn max_messages_per_second(mut self, rate: Option<u32>) -> Self {
+        self.max_messages_per_second = rate.filter(|r| *r > 0);
         self
     }
 

@@ -100,7 +100,6 @@ where
         close_deadline: AtomicU64::new(0),
     });
     core.registry.insert(inner.clone());
-    admission.keep();
     let session = Session {
         inner: inner.clone(),
         hub,
@@ -126,7 +125,7 @@ where
     drop(conn);
     inner.outbox.finish();
     core.registry.remove(&inner);
-    core.registry.release();
+    drop(admission);
     tracing::debug!(id = %inner.id, %reason, "session closed");
     let closing = AssertUnwindSafe(handler.on_close(&session, reason));
     if catch_unwind_future(closing).await.is_err() {
@@ -180,10 +179,15 @@ struct Connection<S> {
     /// A protocol error: close without waiting for the peer's answer.
     failing: bool,
     io_error: Option<io::Error>,
+    /// Inbound rate limit: tokens left, and when the bucket was last refilled (hub ms).
+    tokens: f64,
+    refilled_at: u64,
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
     fn new(io: S, session: Arc<SessionInner>, core: Arc<Core>, input: Bytes) -> Self {
+        let tokens = f64::from(core_rate(&core));
+        let refilled_at = core.now_ms();
         Connection {
             io,
             decoder: Decoder::new(core.config.max_message_size),
@@ -198,6 +202,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             close_written: false,
             failing: false,
             io_error: None,
+            tokens,
+            refilled_at,
         }
     }
 
@@ -407,10 +413,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
                     pos += used;
                     match event {
                         Some(Event::Message(m)) => {
-                            if self.session.outbox.is_open() {
+                            // Closing: data after our close frame is discarded.
+                            if self.session.outbox.is_open() && self.within_rate() {
                                 return Decoded::Message(m, pos);
                             }
-                            // Closing: data after our close frame is discarded.
                         }
                         Some(Event::Ping(payload)) => self.session.outbox.pong(&payload),
                         Some(Event::Pong) | None => {}
@@ -431,6 +437,26 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
         Decoded::NeedMore
     }
 
+    /// Takes a token for one inbound message; closes with 1008 when the bucket is empty.
+    fn within_rate(&mut self) -> bool {
+        let Some(rate) = self.core.config.max_messages_per_second else {
+            return true;
+        };
+        let now = self.core.now_ms();
+        let elapsed = now.saturating_sub(self.refilled_at);
+        self.refilled_at = now;
+        let rate = f64::from(rate);
+        self.tokens = (self.tokens + elapsed as f64 * rate / 1000.0).min(rate);
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            return true;
+        }
+        tracing::debug!(id = %self.session.id, "inbound rate limit exceeded");
+        let frame = CloseFrame::new(CloseCode::POLICY, "rate limit exceeded");
+        self.core.close_session(&self.session, frame);
+        false
+    }
+
     /// Refuses the peer's input: close with the error's code, without waiting for an answer.
     fn fail(&mut self, e: ProtocolError) {
         tracing::debug!(id = %self.session.id, code = %e.code, reason = e.reason, "protocol error");
@@ -439,6 +465,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
         self.core
             .close_session(&self.session, CloseFrame::new(e.code, e.reason));
     }
+}
+
+fn core_rate(core: &Core) -> u32 {
+    core.config.max_messages_per_second.unwrap_or(0)
 }
 
 enum Decoded {

@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use http::{Extensions, HeaderMap, HeaderName, HeaderValue, StatusCode, Uri};
+use http::{Extensions, HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri};
 
 use crate::message::{CloseFrame, Message};
 use crate::session::Session;
@@ -101,6 +101,33 @@ pub trait Handler: Send + Sync + 'static {
         None
     }
 
+    /// Answers a plain HTTP request (not a WebSocket upgrade) that reached the hub's own
+    /// listener ([`Hub::serve`](crate::Hub::serve) or [`Hub::accept`](crate::Hub::accept)), so
+    /// one port can serve the page that opens the socket, or a health check. Default: `None`,
+    /// which answers `426 Upgrade Required`. Not called when wshub is mounted in an axum router
+    /// (the router has its own routes).
+    ///
+    /// ```
+    /// use wshub::{Bytes, Handler, Request, http::Response};
+    ///
+    /// struct Site;
+    /// #[wshub::async_trait]
+    /// impl Handler for Site {
+    ///     fn http(&self, req: &Request) -> Option<Response<Bytes>> {
+    ///         (req.path() == "/").then(|| {
+    ///             Response::builder()
+    ///                 .header("content-type", "text/html; charset=utf-8")
+    ///                 .body(Bytes::from_static(b"<script>new WebSocket('/ws')</script>"))
+    ///                 .unwrap()
+    ///         })
+    ///     }
+    /// }
+    /// ```
+    fn http(&self, request: &Request) -> Option<http::Response<Bytes>> {
+        let _ = request;
+        None
+    }
+
     /// The session is registered and may send, subscribe and be found through the hub.
     async fn open(&self, session: &Session) {
         let _ = session;
@@ -169,6 +196,7 @@ impl fmt::Display for CloseReason {
 /// # }
 /// ```
 pub struct Request {
+    method: Method,
     uri: Uri,
     headers: HeaderMap,
     peer: SocketAddr,
@@ -176,13 +204,19 @@ pub struct Request {
 }
 
 impl Request {
-    pub(crate) fn new(uri: Uri, headers: HeaderMap, peer: SocketAddr) -> Self {
+    pub(crate) fn new(method: Method, uri: Uri, headers: HeaderMap, peer: SocketAddr) -> Self {
         Request {
+            method,
             uri,
             headers,
             peer,
             extensions: Extensions::new(),
         }
+    }
+
+    /// The request method (`GET` for every upgrade).
+    pub fn method(&self) -> &Method {
+        &self.method
     }
 
     /// The request target.
@@ -327,5 +361,15 @@ impl Reject {
     /// The HTTP status.
     pub fn status(&self) -> StatusCode {
         self.status
+    }
+
+    /// A complete response, written as it is (for [`Handler::http`]).
+    pub(crate) fn from_response(response: http::Response<Bytes>) -> Self {
+        let (parts, body) = response.into_parts();
+        Reject {
+            status: parts.status,
+            headers: parts.headers,
+            body,
+        }
     }
 }

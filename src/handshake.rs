@@ -2,7 +2,7 @@
 //! origin, authorization, subprotocol) and the response. Every refusal is an HTTP status
 //! written before any WebSocket byte.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
@@ -12,6 +12,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::handler::{Reject, Request};
 use crate::hub::Core;
+use crate::registry::Refusal;
 
 /// The most header lines an upgrade request may have.
 const MAX_HEADERS: usize = 64;
@@ -38,21 +39,16 @@ impl From<Reject> for Refused {
     }
 }
 
-/// A place among `max_sessions`, held from the capacity check until the session ends.
-pub(crate) struct Admission(Option<Arc<Core>>);
-
-impl Admission {
-    /// The session now owns the place; the registry releases it when the session ends.
-    pub(crate) fn keep(mut self) {
-        self.0 = None;
-    }
+/// A place among `max_sessions` (and the peer's `max_sessions_per_ip`), held from the
+/// capacity check until the session ends.
+pub(crate) struct Admission {
+    core: Arc<Core>,
+    ip: IpAddr,
 }
 
 impl Drop for Admission {
     fn drop(&mut self) {
-        if let Some(core) = self.0.take() {
-            core.registry.release();
-        }
+        self.core.registry.release(self.ip);
     }
 }
 
@@ -185,15 +181,19 @@ pub(crate) async fn negotiate(
     head: Head,
     peer: SocketAddr,
 ) -> Result<Accepted, Reject> {
+    let h = &head.headers;
+    if !has_token(h, header::UPGRADE, "websocket") || !has_token(h, header::CONNECTION, "upgrade") {
+        let request = Request::new(head.method, head.uri, head.headers, peer);
+        if let Some(response) = core.handler.http(&request) {
+            return Err(Reject::from_response(response));
+        }
+        return Err(upgrade_required("this endpoint speaks WebSocket only"));
+    }
     if head.method != Method::GET {
         return Err(Reject::new(StatusCode::METHOD_NOT_ALLOWED).with_header("allow", "GET"));
     }
     if head.version != Version::HTTP_11 {
         return Err(bad_request("WebSocket needs HTTP/1.1"));
-    }
-    let h = &head.headers;
-    if !has_token(h, header::UPGRADE, "websocket") || !has_token(h, header::CONNECTION, "upgrade") {
-        return Err(upgrade_required("this endpoint speaks WebSocket only"));
     }
     if h.get(header::SEC_WEBSOCKET_VERSION)
         .map(HeaderValue::as_bytes)
@@ -213,11 +213,25 @@ pub(crate) async fn negotiate(
     if core.is_shutting_down() {
         return Err(unavailable("server shutting down"));
     }
-    if !core.registry.admit(core.config.max_sessions) {
-        return Err(unavailable("too many sessions"));
+    let ip = peer.ip();
+    match core.registry.admit(
+        ip,
+        core.config.max_sessions,
+        core.config.max_sessions_per_ip,
+    ) {
+        Ok(()) => {}
+        Err(Refusal::Full) => return Err(unavailable("too many sessions")),
+        Err(Refusal::PerIp) => {
+            return Err(Reject::new(StatusCode::TOO_MANY_REQUESTS)
+                .with_body("too many sessions from this address")
+                .with_header("retry-after", "5"));
+        }
     }
-    let admission = Admission(Some(core.clone()));
-    let mut request = Request::new(head.uri, head.headers, peer);
+    let admission = Admission {
+        core: core.clone(),
+        ip,
+    };
+    let mut request = Request::new(head.method, head.uri, head.headers, peer);
 
     if let Some(origin) = request.header("origin") {
         if !core.config.origin_listed(origin) && !core.handler.check_origin(origin, &request) {

@@ -7,6 +7,7 @@
 
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
@@ -91,6 +92,13 @@ pub(crate) struct SessionTopics {
     list: Vec<Arc<str>>,
 }
 
+/// Why [`Registry::admit`] refused a session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Refusal {
+    Full,
+    PerIp,
+}
+
 pub(crate) struct Registry {
     node: u64,
     next_seq: AtomicU64,
@@ -98,6 +106,8 @@ pub(crate) struct Registry {
     topics: Box<[RwLock<HashMap<Arc<str>, Members>>]>,
     /// Sessions admitted (including those between the capacity check and registration).
     admitted: AtomicUsize,
+    /// Sessions admitted per client IP (loopback peers are not counted).
+    per_ip: Mutex<HashMap<IpAddr, usize>>,
     len: AtomicUsize,
 }
 
@@ -126,6 +136,7 @@ impl Registry {
             sessions: (0..SHARDS).map(|_| RwLock::default()).collect(),
             topics: (0..SHARDS).map(|_| RwLock::default()).collect(),
             admitted: AtomicUsize::new(0),
+            per_ip: Mutex::default(),
             len: AtomicUsize::new(0),
         }
     }
@@ -138,18 +149,40 @@ impl Registry {
         &self.sessions[(id.0 as usize) % SHARDS]
     }
 
-    /// Reserves a place for one more session; false at capacity.
-    pub(crate) fn admit(&self, max: usize) -> bool {
+    /// Reserves a place for one more session from `ip`.
+    pub(crate) fn admit(&self, ip: IpAddr, max: usize, max_per_ip: usize) -> Result<(), Refusal> {
         let before = self.admitted.fetch_add(1, Ordering::AcqRel);
         if before >= max {
             self.admitted.fetch_sub(1, Ordering::AcqRel);
-            return false;
+            return Err(Refusal::Full);
         }
-        true
+        if !ip.is_loopback() {
+            let mut per_ip = lock(&self.per_ip);
+            let n = per_ip.entry(ip).or_insert(0);
+            if *n >= max_per_ip {
+                if *n == 0 {
+                    per_ip.remove(&ip);
+                }
+                drop(per_ip);
+                self.admitted.fetch_sub(1, Ordering::AcqRel);
+                return Err(Refusal::PerIp);
+            }
+            *n += 1;
+        }
+        Ok(())
     }
 
     /// Gives back a place reserved by [`admit`](Self::admit).
-    pub(crate) fn release(&self) {
+    pub(crate) fn release(&self, ip: IpAddr) {
+        if !ip.is_loopback() {
+            let mut per_ip = lock(&self.per_ip);
+            if let Some(n) = per_ip.get_mut(&ip) {
+                *n -= 1;
+                if *n == 0 {
+                    per_ip.remove(&ip);
+                }
+            }
+        }
         self.admitted.fetch_sub(1, Ordering::AcqRel);
     }
 
