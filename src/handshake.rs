@@ -273,14 +273,26 @@ fn unavailable(why: &'static str) -> Reject {
 
 /// Writes a refusal as a complete HTTP response and closes the write side.
 pub(crate) async fn write_reject<S: AsyncWrite + Unpin>(io: &mut S, reject: &Reject) {
+    let _ = io.write_all(&encode_response(reject)).await;
+    let _ = io.shutdown().await;
+}
+
+/// A complete HTTP/1.1 response that closes the connection.
+fn encode_response(reject: &Reject) -> Vec<u8> {
     let mut out = format!(
-        "HTTP/1.1 {} {}\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: {}\r\nconnection: close\r\n",
+        "HTTP/1.1 {} {}\r\ncontent-length: {}\r\nconnection: close\r\n",
         reject.status.as_u16(),
         reject.status.canonical_reason().unwrap_or(""),
         reject.body.len()
     )
     .into_bytes();
+    if !reject.headers.contains_key(header::CONTENT_TYPE) {
+        out.extend_from_slice(b"content-type: text/plain; charset=utf-8\r\n");
+    }
     for (name, value) in &reject.headers {
+        if name == header::CONTENT_LENGTH || name == header::CONNECTION {
+            continue;
+        }
         out.extend_from_slice(name.as_str().as_bytes());
         out.extend_from_slice(b": ");
         out.extend_from_slice(value.as_bytes());
@@ -288,8 +300,7 @@ pub(crate) async fn write_reject<S: AsyncWrite + Unpin>(io: &mut S, reject: &Rej
     }
     out.extend_from_slice(b"\r\n");
     out.extend_from_slice(&reject.body);
-    let _ = io.write_all(&out).await;
-    let _ = io.shutdown().await;
+    out
 }
 
 #[cfg(test)]
