@@ -54,6 +54,7 @@ where
     let (accepted, rest) = match outcome {
         Ok(ok) => ok,
         Err(Refused::Respond(reject)) => {
+            core.counters.refused.fetch_add(1, Ordering::Relaxed);
             tracing::debug!(%peer, status = %reject.status, "upgrade refused");
             let _ = tokio::time::timeout(
                 core.config.close_timeout,
@@ -93,13 +94,14 @@ where
         id: core.registry.next_id(),
         request,
         subprotocol,
-        outbox: Outbox::new(&core.config),
+        outbox: Outbox::new(&core.config, core.counters.clone()),
         topics: std::sync::Mutex::new(SessionTopics::default()),
         last_seen: AtomicU64::new(core.now_ms()),
         ping_sent: AtomicU64::new(0),
         close_deadline: AtomicU64::new(0),
     });
     core.registry.insert(inner.clone());
+    core.counters.opened.fetch_add(1, Ordering::Relaxed);
     let session = Session {
         inner: inner.clone(),
         hub,
@@ -126,6 +128,7 @@ where
     inner.outbox.finish();
     core.registry.remove(&inner);
     drop(admission);
+    core.counters.closed(&reason);
     tracing::debug!(id = %inner.id, %reason, "session closed");
     let closing = AssertUnwindSafe(handler.on_close(&session, reason));
     if catch_unwind_future(closing).await.is_err() {
@@ -321,6 +324,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
                 }
                 self.close_written |= drained.close_written;
                 self.needs_flush = true;
+                let counters = &self.core.counters;
+                counters
+                    .bytes_out
+                    .fetch_add(buf.len() as u64, Ordering::Relaxed);
+                counters.writes.fetch_add(1, Ordering::Relaxed);
                 let mut off = 0;
                 while off < buf.len() {
                     match Pin::new(&mut self.io).poll_write(cx, &buf[off..]) {
@@ -414,6 +422,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
                     match event {
                         Some(Event::Message(m)) => {
                             // Closing: data after our close frame is discarded.
+                            let counters = &self.core.counters;
+                            counters.messages_in.fetch_add(1, Ordering::Relaxed);
+                            counters
+                                .bytes_in
+                                .fetch_add(m.len() as u64, Ordering::Relaxed);
                             if self.session.outbox.is_open() && self.within_rate() {
                                 return Decoded::Message(m, pos);
                             }

@@ -20,6 +20,7 @@ use crate::message::{CloseCode, CloseFrame, Message};
 use crate::outbox::{Abort, Pushed};
 use crate::registry::Registry;
 use crate::session::{Session, SessionId, SessionInner};
+use crate::stats::{Counters, Stats};
 
 /// The registry of live sessions and the way to reach them: a cheap, cloneable handle.
 ///
@@ -117,6 +118,7 @@ impl HubBuilder {
         Hub {
             core: Arc::new(Core {
                 registry: Registry::new(self.node),
+                counters: Arc::default(),
                 config: self.config,
                 handler: self.handler,
                 epoch: Instant::now(),
@@ -225,7 +227,7 @@ impl Hub {
     pub fn send_to(&self, id: SessionId, message: impl Into<Message>) -> Result<(), SendError> {
         let frame = frame::encode_message(&message.into());
         match self.core.registry.with(id, |s| s.outbox.push(frame)) {
-            Some(pushed) => push_result(id, pushed),
+            Some(pushed) => self.core.push_result(id, pushed),
             None => Err(SendError::NotFound(id)),
         }
     }
@@ -236,13 +238,17 @@ impl Hub {
     /// The per-recipient counts; see [`Delivery`].
     pub fn broadcast(&self, message: impl Into<Message>) -> Delivery {
         let frame = frame::encode_message(&message.into());
-        self.core.registry.deliver_all(&frame, None)
+        let report = self.core.registry.deliver_all(&frame, None);
+        self.core.counters.delivery(&report);
+        report
     }
 
     /// Queues `message` for every session but `except` (typically the sender).
     pub fn broadcast_except(&self, except: SessionId, message: impl Into<Message>) -> Delivery {
         let frame = frame::encode_message(&message.into());
-        self.core.registry.deliver_all(&frame, Some(except))
+        let report = self.core.registry.deliver_all(&frame, Some(except));
+        self.core.counters.delivery(&report);
+        report
     }
 
     /// Queues `message` for every subscriber of `topic`.
@@ -255,7 +261,9 @@ impl Hub {
     /// ```
     pub fn publish(&self, topic: &str, message: impl Into<Message>) -> Delivery {
         let frame = frame::encode_message(&message.into());
-        self.core.registry.deliver_topic(topic, &frame, None)
+        let report = self.core.registry.deliver_topic(topic, &frame, None);
+        self.core.counters.delivery(&report);
+        report
     }
 
     /// Subscribes session `id` to `topic`; `Ok(false)` when already subscribed or closing.
@@ -307,6 +315,13 @@ impl Hub {
         self.core.registry.topic_names()
     }
 
+    /// A snapshot of the hub's counters, cheap enough to take every second.
+    pub fn stats(&self) -> Stats {
+        self.core
+            .counters
+            .snapshot(self.core.registry.len(), self.core.registry.topic_count())
+    }
+
     /// Whether [`shutdown`](Self::shutdown) has started.
     pub fn is_shutting_down(&self) -> bool {
         self.core.shutting_down.load(Ordering::Acquire)
@@ -352,7 +367,20 @@ impl std::fmt::Debug for Hub {
     }
 }
 
-pub(crate) fn push_result(id: SessionId, pushed: Pushed) -> Result<(), SendError> {
+impl Core {
+    /// Counts one push to one session and turns it into `send_to`'s result.
+    pub(crate) fn push_result(&self, id: SessionId, pushed: Pushed) -> Result<(), SendError> {
+        if pushed == Pushed::Disconnected {
+            tracing::info!(%id, "slow consumer: queue full, closing with 1008");
+        }
+        let mut report = Delivery::default();
+        report.count(pushed);
+        self.counters.delivery(&report);
+        push_result(id, pushed)
+    }
+}
+
+fn push_result(id: SessionId, pushed: Pushed) -> Result<(), SendError> {
     match pushed {
         Pushed::Queued => Ok(()),
         Pushed::Closed => Err(SendError::Closing(id)),
@@ -376,6 +404,7 @@ pub(crate) struct Core {
     pub(crate) config: Config,
     pub(crate) handler: Arc<dyn Handler>,
     pub(crate) registry: Registry,
+    pub(crate) counters: Arc<Counters>,
     epoch: Instant,
     stop: watch::Sender<bool>,
     shutting_down: AtomicBool,

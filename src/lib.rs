@@ -98,6 +98,7 @@ mod message;
 mod outbox;
 mod registry;
 mod session;
+mod stats;
 
 pub use config::{Config, SlowConsumerPolicy};
 pub use error::{FullOutcome, SendError, TopicError, validate_topic};
@@ -105,6 +106,7 @@ pub use handler::{CloseReason, Handler, Reject, Request};
 pub use hub::{Delivery, Hub, HubBuilder};
 pub use message::{CloseCode, CloseFrame, Message, Text};
 pub use session::{Session, SessionId};
+pub use stats::Stats;
 
 #[doc(no_inline)]
 pub use async_trait::async_trait;

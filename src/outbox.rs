@@ -6,7 +6,7 @@
 //! drains everything queued into one buffer and writes it with one system call.
 
 use std::collections::VecDeque;
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::Waker;
 
 use bytes::Bytes;
@@ -15,6 +15,7 @@ use crate::config::{Config, SlowConsumerPolicy};
 use crate::error::FullOutcome;
 use crate::frame;
 use crate::message::{CloseCode, CloseFrame};
+use crate::stats::Counters;
 
 /// Pongs kept owed before later pings replace the newest one.
 const MAX_PONGS: usize = 16;
@@ -82,6 +83,7 @@ struct State {
 
 pub(crate) struct Outbox {
     state: Mutex<State>,
+    counters: Arc<Counters>,
     max_bytes: usize,
     max_messages: usize,
     policy: SlowConsumerPolicy,
@@ -95,8 +97,9 @@ pub(crate) struct Drained {
 }
 
 impl Outbox {
-    pub(crate) fn new(config: &Config) -> Self {
+    pub(crate) fn new(config: &Config, counters: Arc<Counters>) -> Self {
         Outbox {
+            counters,
             state: Mutex::new(State {
                 frames: VecDeque::new(),
                 bytes: 0,
@@ -158,7 +161,10 @@ impl Outbox {
         }
         st.bytes += len;
         st.frames.push_back(frame);
-        st.high_water = st.high_water.max(st.bytes);
+        if st.bytes > st.high_water {
+            st.high_water = st.bytes;
+            self.counters.high_water(st.bytes);
+        }
         Self::wake(&mut st);
         result
     }

@@ -79,7 +79,11 @@ impl Members {
     fn deliver(&self, frame: &Bytes, except: Option<SessionId>, report: &mut Delivery) {
         for s in &self.list {
             if Some(s.id) != except {
-                report.count(s.outbox.push(frame.clone()));
+                let pushed = s.outbox.push(frame.clone());
+                if pushed == Pushed::Disconnected {
+                    tracing::info!(id = %s.id, "slow consumer: queue full, closing with 1008");
+                }
+                report.count(pushed);
             }
         }
     }
@@ -297,6 +301,10 @@ impl Registry {
         read(&self.topics[topic_shard(topic)])
             .get(topic)
             .map_or(0, Members::len)
+    }
+
+    pub(crate) fn topic_count(&self) -> usize {
+        self.topics.iter().map(|shard| read(shard).len()).sum()
     }
 
     pub(crate) fn topic_names(&self) -> Vec<String> {

@@ -141,7 +141,8 @@ impl Session {
     /// not queued as asked; see [`SendError`].
     pub fn send(&self, message: impl Into<Message>) -> Result<(), SendError> {
         let frame = crate::frame::encode_message(&message.into());
-        crate::hub::push_result(self.inner.id, self.inner.outbox.push(frame))
+        let pushed = self.inner.outbox.push(frame);
+        self.hub.core.push_result(self.inner.id, pushed)
     }
 
     /// Starts the close handshake with `code` and `reason` after the messages already queued.
