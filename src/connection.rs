@@ -21,7 +21,7 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use crate::frame::{Decoder, Event, ProtocolError};
 use crate::handler::CloseReason;
 use crate::handshake::{self, Accepted, Refused};
-use crate::hub::{Core, Hub};
+use crate::hub::{Core, Hub, TaskGuard};
 use crate::message::{CloseCode, CloseFrame, Message};
 use crate::outbox::{Abort, Outbox};
 use crate::registry::SessionTopics;
@@ -35,14 +35,37 @@ thread_local! {
 }
 
 /// Runs one raw connection: the HTTP upgrade, then the session.
-pub(crate) async fn run<S>(hub: Hub, mut io: S, peer: SocketAddr)
+pub(crate) fn run<S>(
+    hub: Hub,
+    io: S,
+    peer: SocketAddr,
+    task: TaskGuard,
+) -> impl Future<Output = ()> + Send
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let core = hub.core.clone();
+    // The handshake is boxed so its state (request buffer, timers, hooks) is freed once it is
+    // done; the session's future is awaited straight from the expression that builds it, so
+    // the task is sized for the session alone and holds no second copy of it.
+    let upgrading = Box::pin(upgrade(hub.core.clone(), io, peer));
+    async move {
+        let Some((io, accepted, rest)) = upgrading.await else {
+            return;
+        };
+        serve_session(hub, io, accepted, rest).await;
+        drop(task);
+    }
+}
+
+/// The HTTP upgrade within the handshake timeout: `Some` once the 101 response is written.
+async fn upgrade<S>(core: Arc<Core>, mut io: S, peer: SocketAddr) -> Option<(S, Accepted, Bytes)>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let core = &core;
     let handshake = async {
         let (head, rest) = handshake::read_head(&mut io, core.config.max_handshake_bytes).await?;
-        let accepted = handshake::negotiate(&core, head, peer).await?;
+        let accepted = handshake::negotiate(core, head, peer).await?;
         Ok::<_, Refused>((accepted, rest))
     };
     let outcome = tokio::select! {
@@ -61,9 +84,9 @@ where
                 handshake::write_reject(&mut io, &reject),
             )
             .await;
-            return;
+            return None;
         }
-        Err(Refused::Gone) => return,
+        Err(Refused::Gone) => return None,
     };
     let response = accepted.response();
     let written = tokio::time::timeout(core.config.handshake_timeout, async {
@@ -72,13 +95,22 @@ where
     })
     .await;
     if !matches!(written, Ok(Ok(()))) {
-        return;
+        return None;
     }
-    serve_session(hub, io, accepted, rest).await;
+    Some((io, accepted, rest))
 }
 
-/// Registers an upgraded connection as a session and runs it to the end, `on_close` included.
-pub(crate) async fn serve_session<S>(hub: Hub, io: S, accepted: Accepted, rest: Bytes)
+/// Registers an upgraded connection as a session; the returned future runs it to the end,
+/// `on_close` included.
+///
+/// The setup is synchronous so the future holds only the session's running state, not the
+/// handshake's leftovers: its size is most of an idle connection's memory.
+pub(crate) fn serve_session<S>(
+    hub: Hub,
+    io: S,
+    accepted: Accepted,
+    rest: Bytes,
+) -> impl Future<Output = ()> + Send + 'static
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -93,7 +125,7 @@ where
     let inner = Arc::new(SessionInner {
         id: core.registry.next_id(),
         request,
-        subprotocol,
+        subprotocol: subprotocol.map(String::into_boxed_str),
         outbox: Outbox::new(&core.config, core.counters.clone()),
         topics: std::sync::Mutex::new(SessionTopics::default()),
         last_seen: AtomicU64::new(core.now_ms()),
@@ -102,37 +134,65 @@ where
     });
     core.registry.insert(inner.clone());
     core.counters.opened.fetch_add(1, Ordering::Relaxed);
-    let session = Session {
-        inner: inner.clone(),
-        hub,
-    };
-    let handler = core.handler.clone();
-    tracing::debug!(id = %inner.id, peer = %session.peer_addr(), path = session.path(), "session open");
+    admission.transfer();
+    let conn = Connection::new(io, inner.clone(), core, rest);
+    run_session(conn, Registered(Session { inner, hub }))
+}
 
-    let mut conn = Connection::new(io, inner.clone(), core.clone(), rest);
-    let mut driven = conn.drive(handler.open(&session)).await;
-    let reason = loop {
-        if driven == Driven::Panicked {
-            tracing::error!(id = %inner.id, "handler panicked; closing the session with 1011");
-            core.close_session(
-                &inner,
-                CloseFrame::new(CloseCode::INTERNAL, "internal error"),
-            );
+/// The session of a connection task. Dropping it takes the session out of the registry and
+/// gives back its place among `max_sessions`, also when the task is dropped mid-session
+/// (runtime shutdown, a caller dropping the future of `Hub::accept`).
+struct Registered(Session);
+
+impl Drop for Registered {
+    fn drop(&mut self) {
+        let (inner, core) = (&self.0.inner, &self.0.hub.core);
+        inner.outbox.finish();
+        if core.registry.remove(inner) {
+            core.registry.release(inner.request.peer_addr().ip());
         }
-        match poll_fn(|cx| conn.poll_event(cx)).await {
-            Step::Message(m) => driven = conn.drive(handler.on_message(&session, m)).await,
-            Step::End(reason) => break reason,
+    }
+}
+
+#[allow(
+    clippy::manual_async_fn,
+    reason = "an async fn would store the connection twice in the task"
+)]
+fn run_session<S>(
+    mut conn: Connection<S>,
+    registered: Registered,
+) -> impl Future<Output = ()> + Send + 'static
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    // A plain `async fn` would store its arguments twice (as arguments and as locals).
+    async move {
+        let session = &registered.0;
+        let handler = &*session.hub.core.handler;
+        tracing::debug!(id = %session.id(), peer = %session.peer_addr(), path = session.path(), "session open");
+        let mut driven = conn.drive(handler.open(session)).await;
+        let reason = loop {
+            if driven == Driven::Panicked {
+                tracing::error!(id = %session.id(), "handler panicked; closing the session with 1011");
+                let frame = CloseFrame::new(CloseCode::INTERNAL, "internal error");
+                session.hub.core.close_session(&session.inner, frame);
+            }
+            let message = match poll_fn(|cx| conn.poll_event(cx)).await {
+                Step::Message(m) => m,
+                Step::End(reason) => break reason,
+            };
+            driven = conn.drive(handler.on_message(session, message)).await;
+        };
+        drop(conn);
+        let session = registered.0.clone();
+        drop(registered);
+        let core = &session.hub.core;
+        core.counters.closed(&reason);
+        tracing::debug!(id = %session.id(), %reason, "session closed");
+        let closing = AssertUnwindSafe(core.handler.on_close(&session, reason));
+        if catch_unwind_future(closing).await.is_err() {
+            tracing::error!(id = %session.id(), "on_close panicked");
         }
-    };
-    drop(conn);
-    inner.outbox.finish();
-    core.registry.remove(&inner);
-    drop(admission);
-    core.counters.closed(&reason);
-    tracing::debug!(id = %inner.id, %reason, "session closed");
-    let closing = AssertUnwindSafe(handler.on_close(&session, reason));
-    if catch_unwind_future(closing).await.is_err() {
-        tracing::error!(id = %inner.id, "on_close panicked");
     }
 }
 
@@ -177,7 +237,7 @@ struct Connection<S> {
     read_closed: bool,
     eof: bool,
     /// The peer's close frame (inner `None`: it had no status code).
-    close_received: Option<Option<CloseFrame>>,
+    close_received: Option<Box<Option<CloseFrame>>>,
     close_written: bool,
     /// A protocol error: close without waiting for the peer's answer.
     failing: bool,
@@ -211,9 +271,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
     }
 
     /// Runs a handler future to completion while the socket keeps being written.
-    async fn drive<F: Future<Output = ()>>(&mut self, fut: F) -> Driven {
-        let mut fut = pin!(fut);
-        poll_fn(|cx| {
+    fn drive<'a, F>(&'a mut self, mut fut: F) -> impl Future<Output = Driven> + 'a
+    where
+        F: Future<Output = ()> + Unpin + 'a,
+    {
+        poll_fn(move |cx| {
             if self.session.outbox.aborted().is_some() {
                 return Poll::Ready(Driven::Aborted);
             }
@@ -223,13 +285,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
                     self.io_error = Some(e);
                 }
             }
-            match std::panic::catch_unwind(AssertUnwindSafe(|| fut.as_mut().poll(cx))) {
+            match std::panic::catch_unwind(AssertUnwindSafe(|| Pin::new(&mut fut).poll(cx))) {
                 Ok(Poll::Ready(())) => Poll::Ready(Driven::Done),
                 Ok(Poll::Pending) => Poll::Pending,
                 Err(_) => Poll::Ready(Driven::Panicked),
             }
         })
-        .await
     }
 
     fn poll_event(&mut self, cx: &mut Context<'_>) -> Poll<Step> {
@@ -435,7 +496,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
                         Some(Event::Pong) | None => {}
                         Some(Event::Close(frame)) => {
                             self.session.outbox.reply_close(frame.as_ref());
-                            self.close_received = Some(frame);
+                            self.close_received = Some(Box::new(frame));
                             self.read_closed = true;
                             return Decoded::Stop;
                         }

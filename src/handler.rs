@@ -5,7 +5,8 @@ use std::net::SocketAddr;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use http::{Extensions, HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri};
+use http::uri::PathAndQuery;
+use http::{Extensions, HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
 
 use crate::message::{CloseFrame, Message};
 use crate::session::Session;
@@ -197,17 +198,22 @@ impl fmt::Display for CloseReason {
 /// ```
 pub struct Request {
     method: Method,
-    uri: Uri,
+    target: PathAndQuery,
     headers: HeaderMap,
     peer: SocketAddr,
     extensions: Extensions,
 }
 
 impl Request {
-    pub(crate) fn new(method: Method, uri: Uri, headers: HeaderMap, peer: SocketAddr) -> Self {
+    pub(crate) fn new(
+        method: Method,
+        target: PathAndQuery,
+        headers: HeaderMap,
+        peer: SocketAddr,
+    ) -> Self {
         Request {
             method,
-            uri,
+            target,
             headers,
             peer,
             extensions: Extensions::new(),
@@ -219,19 +225,19 @@ impl Request {
         &self.method
     }
 
-    /// The request target.
-    pub fn uri(&self) -> &Uri {
-        &self.uri
+    /// The path and query of the request target, e.g. `/live?room=7`.
+    pub fn path_and_query(&self) -> &PathAndQuery {
+        &self.target
     }
 
     /// The path, e.g. `/live`.
     pub fn path(&self) -> &str {
-        self.uri.path()
+        self.target.path()
     }
 
     /// The raw query string, without `?`.
     pub fn query(&self) -> Option<&str> {
-        self.uri.query()
+        self.target.query()
     }
 
     /// The first value of a query parameter, undecoded (`?token=abc` gives `Some("abc")`).
@@ -242,9 +248,15 @@ impl Request {
         })
     }
 
-    /// The request headers.
+    /// The request headers. Once the session is open, the headers that only served the
+    /// handshake (`Upgrade`, `Connection`, `Sec-WebSocket-Key`, `Sec-WebSocket-Version`,
+    /// `Sec-WebSocket-Extensions`) are no longer kept; everything else is.
     pub fn headers(&self) -> &HeaderMap {
         &self.headers
+    }
+
+    pub(crate) fn headers_mut(&mut self) -> &mut HeaderMap {
+        &mut self.headers
     }
 
     /// A header's value, when present and visible ASCII.
@@ -306,7 +318,7 @@ fn normalize_authority(authority: &str, default_port: &str) -> String {
 impl fmt::Debug for Request {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Request")
-            .field("uri", &self.uri)
+            .field("target", &self.target)
             .field("peer", &self.peer)
             .field("headers", &self.headers)
             .finish_non_exhaustive()

@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::uri::PathAndQuery;
 use http::{Method, StatusCode, Uri, Version};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
@@ -20,7 +21,7 @@ const MAX_HEADERS: usize = 64;
 /// The request line and headers of an upgrade request.
 pub(crate) struct Head {
     pub(crate) method: Method,
-    pub(crate) uri: Uri,
+    pub(crate) target: PathAndQuery,
     pub(crate) version: Version,
     pub(crate) headers: HeaderMap,
 }
@@ -40,15 +41,24 @@ impl From<Reject> for Refused {
 }
 
 /// A place among `max_sessions` (and the peer's `max_sessions_per_ip`), held from the
-/// capacity check until the session ends.
+/// capacity check until the session is registered; the session then owns it.
 pub(crate) struct Admission {
-    core: Arc<Core>,
+    core: Option<Arc<Core>>,
     ip: IpAddr,
+}
+
+impl Admission {
+    /// The registered session gives the place back when it ends.
+    pub(crate) fn transfer(mut self) {
+        self.core = None;
+    }
 }
 
 impl Drop for Admission {
     fn drop(&mut self) {
-        self.core.registry.release(self.ip);
+        if let Some(core) = self.core.take() {
+            core.registry.release(self.ip);
+        }
     }
 }
 
@@ -93,8 +103,9 @@ pub(crate) async fn read_head<S: AsyncRead + Unpin>(
         let mut req = httparse::Request::new(&mut headers);
         match req.parse(&buf) {
             Ok(httparse::Status::Complete(len)) => {
-                let head = to_head(&req)?;
-                let rest = buf.split_off(len).freeze();
+                let head = to_head(&req, &buf, len)?;
+                // Copy what followed (usually nothing) so the request buffer is freed now.
+                let rest = Bytes::copy_from_slice(&buf[len..]);
                 return Ok((head, rest));
             }
             Ok(httparse::Status::Partial) => {
@@ -121,14 +132,24 @@ fn bad_request(why: &'static str) -> Reject {
     Reject::new(StatusCode::BAD_REQUEST).with_body(why)
 }
 
-fn to_head(req: &httparse::Request<'_, '_>) -> Result<Head, Reject> {
+/// Builds the head from a parse of `buf`. Header values and the target are slices of one
+/// exact-size copy of the head, so a session keeps a single allocation for them.
+fn to_head(req: &httparse::Request<'_, '_>, buf: &[u8], len: usize) -> Result<Head, Reject> {
+    let raw = Bytes::copy_from_slice(&buf[..len]);
+    let slice = |part: &[u8]| {
+        let start = part.as_ptr() as usize - buf.as_ptr() as usize;
+        raw.slice(start..start + part.len())
+    };
     let method = Method::from_bytes(req.method.unwrap_or("").as_bytes())
         .map_err(|_| bad_request("bad method"))?;
-    let uri: Uri = req
-        .path
-        .unwrap_or("")
-        .parse()
+    let path = req.path.unwrap_or("");
+    let uri = Uri::from_maybe_shared(slice(path.as_bytes()))
         .map_err(|_| bad_request("bad request target"))?;
+    // Absolute-form targets (`GET http://host/path`) keep only their path and query.
+    let target = uri
+        .path_and_query()
+        .cloned()
+        .unwrap_or_else(|| PathAndQuery::from_static("/"));
     let version = match req.version {
         Some(1) => Version::HTTP_11,
         _ => Version::HTTP_10,
@@ -137,16 +158,37 @@ fn to_head(req: &httparse::Request<'_, '_>) -> Result<Head, Reject> {
     for h in req.headers.iter() {
         let name = HeaderName::from_bytes(h.name.as_bytes())
             .map_err(|_| bad_request("bad header name"))?;
-        let value =
-            HeaderValue::from_bytes(h.value).map_err(|_| bad_request("bad header value"))?;
+        let value = HeaderValue::from_maybe_shared(slice(h.value))
+            .map_err(|_| bad_request("bad header value"))?;
         headers.append(name, value);
     }
     Ok(Head {
         method,
-        uri,
+        target,
         version,
         headers,
     })
+}
+
+/// Headers that only served the handshake: a session does not keep them.
+const HANDSHAKE_ONLY: [HeaderName; 5] = [
+    header::UPGRADE,
+    header::CONNECTION,
+    header::SEC_WEBSOCKET_KEY,
+    header::SEC_WEBSOCKET_VERSION,
+    header::SEC_WEBSOCKET_EXTENSIONS,
+];
+
+/// The request's headers without the handshake-only ones, in a map of exactly their size.
+fn session_headers(headers: &HeaderMap) -> HeaderMap {
+    let kept = |name: &HeaderName| !HANDSHAKE_ONLY.contains(name);
+    let mut out = HeaderMap::with_capacity(headers.keys().filter(|n| kept(n)).count());
+    for (name, value) in headers {
+        if kept(name) {
+            out.append(name.clone(), value.clone());
+        }
+    }
+    out
 }
 
 /// Whether a comma-separated header contains `token` (case-insensitive).
@@ -183,7 +225,7 @@ pub(crate) async fn negotiate(
 ) -> Result<Accepted, Reject> {
     let h = &head.headers;
     if !has_token(h, header::UPGRADE, "websocket") || !has_token(h, header::CONNECTION, "upgrade") {
-        let request = Request::new(head.method, head.uri, head.headers, peer);
+        let request = Request::new(head.method, head.target, head.headers, peer);
         if let Some(response) = core.handler.http(&request) {
             return Err(Reject::from_response(response));
         }
@@ -228,10 +270,10 @@ pub(crate) async fn negotiate(
         }
     }
     let admission = Admission {
-        core: core.clone(),
+        core: Some(core.clone()),
         ip,
     };
-    let mut request = Request::new(head.method, head.uri, head.headers, peer);
+    let mut request = Request::new(head.method, head.target, head.headers, peer);
 
     if let Some(origin) = request.header("origin") {
         if !core.config.origin_listed(origin) && !core.handler.check_origin(origin, &request) {
@@ -257,6 +299,8 @@ pub(crate) async fn negotiate(
             .select_subprotocol(&offered, &request)
             .filter(|p| offered.contains(&p.as_str()))
     };
+    let compact = session_headers(request.headers());
+    *request.headers_mut() = compact;
     Ok(Accepted {
         accept_key: tungstenite::handshake::derive_accept_key(&key),
         request,

@@ -200,12 +200,8 @@ impl Hub {
     where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
-        let hub = self.clone();
         let task = TaskGuard::new(&self.core);
-        async move {
-            crate::connection::run(hub, stream, peer).await;
-            drop(task);
-        }
+        crate::connection::run(self.clone(), stream, peer, task)
     }
 
     /// Queues `message` for one session.
@@ -466,7 +462,7 @@ impl Core {
 }
 
 /// Counts a live connection task, for [`Hub::shutdown`].
-struct TaskGuard(Arc<Core>);
+pub(crate) struct TaskGuard(Arc<Core>);
 
 impl TaskGuard {
     fn new(core: &Arc<Core>) -> Self {

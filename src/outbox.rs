@@ -69,11 +69,11 @@ struct State {
     /// Pong frames owed, at most [`MAX_PONGS`]: past that the newest replaces the last, so a
     /// ping flood from a client that does not read costs bounded memory and the latest ping
     /// is still answered (RFC 6455 section 5.5.3 allows answering only the latest).
-    pongs: VecDeque<Bytes>,
+    pongs: Vec<Bytes>,
     ping_due: bool,
-    close: Option<Bytes>,
+    close: Option<Box<Bytes>>,
     /// The close frame this side sent first, for `on_close`.
-    close_frame: Option<CloseFrame>,
+    close_frame: Option<Box<CloseFrame>>,
     phase: Phase,
     waker: Option<Waker>,
     /// The connection was woken and has not drained since: no need to wake it again.
@@ -103,7 +103,7 @@ impl Outbox {
             state: Mutex::new(State {
                 frames: VecDeque::new(),
                 bytes: 0,
-                pongs: VecDeque::new(),
+                pongs: Vec::new(),
                 ping_due: false,
                 close: None,
                 close_frame: None,
@@ -185,17 +185,17 @@ impl Outbox {
     pub(crate) fn reply_close(&self, frame: Option<&CloseFrame>) {
         let mut st = self.lock();
         if st.phase == Phase::Open {
-            st.close = Some(frame::encode_close(
+            st.close = Some(Box::new(frame::encode_close(
                 frame.map(|f| CloseFrame::new(f.code, "")).as_ref(),
-            ));
+            )));
             st.phase = Phase::Closing;
             Self::wake(&mut st);
         }
     }
 
     fn begin_close(st: &mut State, frame: CloseFrame) {
-        st.close = Some(frame::encode_close(Some(&frame)));
-        st.close_frame = Some(frame);
+        st.close = Some(Box::new(frame::encode_close(Some(&frame))));
+        st.close_frame = Some(Box::new(frame));
         st.phase = Phase::Closing;
     }
 
@@ -205,9 +205,9 @@ impl Outbox {
         if st.phase == Phase::Open {
             let pong = frame::encode(frame::OP_PONG, payload);
             if st.pongs.len() >= MAX_PONGS {
-                st.pongs.pop_back();
+                st.pongs.pop();
             }
-            st.pongs.push_back(pong);
+            st.pongs.push(pong);
             Self::wake(&mut st);
         }
     }
@@ -304,7 +304,7 @@ impl Outbox {
 
     /// The close frame this side queued first, if any.
     pub(crate) fn sent_close_frame(&self) -> Option<CloseFrame> {
-        self.lock().close_frame.clone()
+        self.lock().close_frame.as_deref().cloned()
     }
 
     /// The connection ended: refuse everything from now on and free the queue.
@@ -313,7 +313,7 @@ impl Outbox {
         st.phase = Phase::Gone;
         st.frames = VecDeque::new();
         st.bytes = 0;
-        st.pongs = VecDeque::new();
+        st.pongs = Vec::new();
         st.close = None;
         st.waker = None;
     }

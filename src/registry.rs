@@ -96,6 +96,9 @@ pub(crate) struct SessionTopics {
     list: Vec<Arc<str>>,
 }
 
+/// One shard of the topic map: topic name → its subscribers.
+type TopicShard = HashMap<Arc<str>, Members>;
+
 /// Why [`Registry::admit`] refused a session.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Refusal {
@@ -107,7 +110,7 @@ pub(crate) struct Registry {
     node: u64,
     next_seq: AtomicU64,
     sessions: Box<[RwLock<Members>]>,
-    topics: Box<[RwLock<HashMap<Arc<str>, Members>>]>,
+    topics: Box<[RwLock<TopicShard>]>,
     /// Sessions admitted (including those between the capacity check and registration).
     admitted: AtomicUsize,
     /// Sessions admitted per client IP (loopback peers are not counted).

@@ -55,7 +55,7 @@ impl fmt::Debug for SessionId {
 pub(crate) struct SessionInner {
     pub(crate) id: SessionId,
     pub(crate) request: Request,
-    pub(crate) subprotocol: Option<String>,
+    pub(crate) subprotocol: Option<Box<str>>,
     pub(crate) outbox: Outbox,
     pub(crate) topics: Mutex<SessionTopics>,
     /// Milliseconds since the hub started when the last frame arrived.
