@@ -4,10 +4,34 @@
 
 mod support;
 
+use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::StreamExt;
 use support::*;
+use tokio::sync::{Notify, watch};
 use wshub::{CloseCode, Config, SendError};
+
+/// Reads a client in its own task, answering pings; reports the texts it got and how many
+/// pings, so a test can use the hub's own heartbeat as its clock.
+fn spawn_pinged_reader(
+    mut c: Client,
+) -> (
+    watch::Receiver<(usize, Vec<String>)>,
+    tokio::task::JoinHandle<()>,
+) {
+    let (tx, rx) = watch::channel((0, Vec::new()));
+    let task = tokio::spawn(async move {
+        while let Some(Ok(m)) = c.next().await {
+            match m {
+                WsMessage::Ping(_) => tx.send_modify(|(n, _)| *n += 1),
+                WsMessage::Text(t) => tx.send_modify(|(_, v)| v.push(t.as_str().to_string())),
+                _ => {}
+            }
+        }
+    });
+    (rx, task)
+}
 
 #[tokio::test]
 async fn open_then_messages_then_close_run_in_order_once() {
@@ -229,20 +253,11 @@ async fn dead_peer_is_closed_by_the_heartbeat() {
 
     let mut dead = RawClient::upgrade(t.addr).await;
     let (dead_id, _) = t.events.open().await;
-    let mut live = connect(t.addr).await;
+    let live = connect(t.addr).await;
     let (live_id, _) = t.events.open().await;
 
     // The live client reads (which makes tungstenite answer pings) and counts pings.
-    let (pings_tx, mut pings) = tokio::sync::watch::channel(0usize);
-    let live_task = tokio::spawn(async move {
-        let mut n = 0;
-        while let Some(Ok(m)) = futures_util::StreamExt::next(&mut live).await {
-            if let WsMessage::Ping(_) = m {
-                n += 1;
-                let _ = pings_tx.send(n);
-            }
-        }
-    });
+    let (mut pings, live_task) = spawn_pinged_reader(live);
 
     assert_eq!(t.events.close().await, (dead_id, Closed::PingTimeout));
     assert_eq!(t.close_count(dead_id), 1);
@@ -252,8 +267,8 @@ async fn dead_peer_is_closed_by_the_heartbeat() {
 
     // Three more pings answered take longer than ping_interval + ping_timeout: the live
     // session would have been dropped by now if its pongs were not counted.
-    let seen = *pings.borrow();
-    within("three more pings", pings.wait_for(|n| *n >= seen + 3))
+    let seen = pings.borrow().0;
+    within("three more pings", pings.wait_for(|(n, _)| *n >= seen + 3))
         .await
         .unwrap();
     assert!(
@@ -278,8 +293,16 @@ async fn shutdown_closes_everyone_with_1001_and_runs_on_close_once_each() {
 
     let readers: Vec<_> = clients
         .into_iter()
-        .map(|mut c| tokio::spawn(async move { recv_close(&mut c).await }))
+        .map(|mut c| {
+            tokio::spawn(async move {
+                let first = recv_text(&mut c).await;
+                (first, recv_close(&mut c).await)
+            })
+        })
         .collect();
+
+    // The close goes out behind what is already queued.
+    assert_eq!(t.hub.broadcast("last words").queued, N + 1);
 
     within("shutdown", t.hub.shutdown(Duration::from_millis(500))).await;
     assert!(t.hub.is_shutting_down());
@@ -310,10 +333,171 @@ async fn shutdown_closes_everyone_with_1001_and_runs_on_close_once_each() {
     assert_eq!(t.hub.session_count(), 0);
 
     for r in readers {
-        let got = within("a client's close", r).await.unwrap();
-        assert_eq!(got, (1001, "server shutting down".to_string()));
+        let (first, close) = within("a client's close", r).await.unwrap();
+        assert_eq!(first, "last words");
+        assert_eq!(close, (1001, "server shutting down".to_string()));
     }
     let served = within("the serve loop to end", &mut t.serve).await.unwrap();
     assert!(served.is_ok(), "serve returned {served:?}");
     assert_eq!(t.hub.stats().closed_by_server, N as u64 + 1);
+}
+
+#[tokio::test]
+async fn messages_sent_in_open_arrive_first() {
+    let mut t = start(
+        quiet_config(),
+        Behaviour::default().on_open(|s| s.send(format!("welcome {}", s.id())).unwrap()),
+    )
+    .await;
+    let mut c = connect(t.addr).await;
+    let (id, _) = t.events.open().await;
+    t.hub.send_to(id, "second").unwrap();
+    assert_eq!(recv_text(&mut c).await, format!("welcome {id}"));
+    assert_eq!(recv_text(&mut c).await, "second");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn panic_in_open_closes_with_1011_and_on_close_runs_once() {
+    let mut t = start(
+        quiet_config(),
+        Behaviour::default().on_open(|_| panic!("test open hook panics on purpose")),
+    )
+    .await;
+    let mut c = connect(t.addr).await;
+    assert_eq!(
+        recv_close(&mut c).await,
+        (1011, "internal error".to_string())
+    );
+    let (id, why) = t.events.close().await;
+    assert_eq!(why, Closed::server(1011, "internal error"));
+    assert_eq!(t.close_count(id), 1);
+    assert_eq!(t.hub.session_count(), 0);
+    t.events.assert_none_pending();
+}
+
+/// A client that never answers the hub's close is dropped after `close_timeout`, and
+/// `on_close` still reports the close the hub sent.
+#[tokio::test]
+async fn close_timeout_drops_a_client_that_never_answers() {
+    let config = quiet_config().close_timeout(Duration::from_millis(200));
+    let mut t = start(config, Behaviour::default()).await;
+    let mut raw = RawClient::upgrade(t.addr).await;
+    let (id, _) = t.events.open().await;
+
+    t.hub.close(id, CloseCode::from(4002), "go away").unwrap();
+    assert_eq!(
+        t.events.close().await,
+        (id, Closed::server(4002, "go away"))
+    );
+    assert_eq!(raw.read_close().await, (4002, "go away".to_string()));
+    raw.expect_eof().await;
+}
+
+/// With the heartbeat off, a session that sends nothing for `idle_timeout` is closed with 1001.
+#[tokio::test]
+async fn idle_sessions_are_closed_with_1001() {
+    let config = quiet_config().idle_timeout(Some(Duration::from_millis(150)));
+    let mut t = start(config, Behaviour::default()).await;
+    let mut raw = RawClient::upgrade(t.addr).await;
+    let (id, _) = t.events.open().await;
+
+    assert_eq!(raw.read_close().await, (1001, "idle timeout".to_string()));
+    raw.send(true, OP_CLOSE, &close_payload(1001, "")).await;
+    assert_eq!(
+        t.events.close().await,
+        (id, Closed::server(1001, "idle timeout"))
+    );
+    raw.expect_eof().await;
+}
+
+/// `Hub::shutdown` "refuses new upgrades with 503": a client whose upgrade request is still
+/// arriving when shutdown starts gets that 503, and no session opens.
+#[tokio::test]
+async fn a_handshake_in_progress_at_shutdown_gets_503() {
+    let t = start(quiet_config(), Behaviour::default()).await;
+    // Hand the connection to the hub directly, so it is surely the hub's before shutdown.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let mut raw = RawClient::connect(addr).await;
+    let (stream, peer) = within("accept", listener.accept()).await.unwrap();
+    let task = tokio::spawn(t.hub.accept(stream, peer));
+    let request = upgrade_request(addr, "/", &[]);
+    let (head, rest) = request.split_at(16);
+    raw.write(head.as_bytes()).await;
+
+    within("shutdown", t.hub.shutdown(Duration::from_millis(100))).await;
+    // The rest of the request may meet a closed socket; what matters is the answer.
+    let _ = tokio::io::AsyncWriteExt::write_all(&mut raw.stream, rest.as_bytes()).await;
+    let status = raw.read_status_or_eof().await;
+    assert_eq!(
+        status,
+        Some(503),
+        "None: the connection was dropped without an answer"
+    );
+    within("the connection task", task).await.unwrap();
+    assert_eq!(t.hub.stats().sessions_opened, 0);
+}
+
+/// While one session's handler is busy (awaiting), the hub keeps writing to that session, other
+/// sessions run, and the heartbeat does not take the busy session for a dead peer: its client
+/// answers every ping, the hub just is not reading them yet.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_busy_handler_keeps_its_session_alive_and_written() {
+    let gate = Arc::new(Notify::new());
+    let config = Config::default()
+        .ping_interval(Some(Duration::from_millis(50)))
+        .ping_timeout(Duration::from_millis(100))
+        .idle_timeout(None);
+    let handler_gate = gate.clone();
+    let mut t = start(
+        config,
+        Behaviour::default().on_message_async(move |s, m| {
+            let gate = handler_gate.clone();
+            async move {
+                if m.as_text() == Some("block") {
+                    gate.notified().await;
+                    s.send("unblocked").unwrap();
+                }
+            }
+        }),
+    )
+    .await;
+    let mut busy = connect(t.addr).await;
+    let (busy_id, _) = t.events.open().await;
+    let clock = connect(t.addr).await;
+    let (clock_id, _) = t.events.open().await;
+
+    send_text(&mut busy, "block").await;
+    assert_eq!(t.events.message().await.0, busy_id);
+    let (mut busy_rx, busy_task) = spawn_pinged_reader(busy);
+    let (mut ticks, clock_task) = spawn_pinged_reader(clock);
+
+    // Written while the handler is blocked.
+    t.hub.send_to(busy_id, "while blocked").unwrap();
+    within(
+        "a message to the busy session",
+        busy_rx.wait_for(|(_, texts)| texts.iter().any(|s| s == "while blocked")),
+    )
+    .await
+    .unwrap();
+
+    // Four pings to the other client span more than ping_interval + ping_timeout.
+    within("four heartbeat ticks", ticks.wait_for(|(n, _)| *n >= 4))
+        .await
+        .unwrap();
+    if let Some(e) = t.events.try_next() {
+        panic!("the busy session ended while its client was answering pings: {e:?}");
+    }
+    assert!(t.hub.session(busy_id).is_some());
+
+    gate.notify_one();
+    within(
+        "the handler to finish",
+        busy_rx.wait_for(|(_, texts)| texts.iter().any(|s| s == "unblocked")),
+    )
+    .await
+    .unwrap();
+    assert!(t.hub.session(clock_id).is_some());
+    busy_task.abort();
+    clock_task.abort();
 }

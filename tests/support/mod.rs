@@ -14,6 +14,7 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -120,6 +121,8 @@ pub enum Event {
 
 type OpenHook = Box<dyn Fn(&Session) + Send + Sync>;
 type MessageHook = Box<dyn Fn(&Session, &Message) + Send + Sync>;
+type AsyncMessageHook =
+    Box<dyn Fn(Session, Message) -> Pin<Box<dyn Future<Output = ()> + Send>> + Send + Sync>;
 type AuthorizeHook = Box<dyn Fn(&mut Request) -> Result<(), Reject> + Send + Sync>;
 type SubprotocolHook = Box<dyn Fn(&[&str]) -> Option<String> + Send + Sync>;
 type HttpHook = Box<dyn Fn(&Request) -> Option<Response<Bytes>> + Send + Sync>;
@@ -133,6 +136,8 @@ pub struct Behaviour {
     /// Runs in `on_message`, after the message event is recorded (so a panic here still
     /// leaves the event).
     pub message: Option<MessageHook>,
+    /// Awaited in `on_message` after `message`, for handlers that take their time.
+    pub message_async: Option<AsyncMessageHook>,
     pub authorize: Option<AuthorizeHook>,
     pub subprotocol: Option<SubprotocolHook>,
     pub http: Option<HttpHook>,
@@ -145,6 +150,16 @@ impl Behaviour {
     }
     pub fn on_message(mut self, f: impl Fn(&Session, &Message) + Send + Sync + 'static) -> Self {
         self.message = Some(Box::new(f));
+        self
+    }
+    pub fn on_message_async<F>(
+        mut self,
+        f: impl Fn(Session, Message) -> F + Send + Sync + 'static,
+    ) -> Self
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        self.message_async = Some(Box::new(move |s, m| Box::pin(f(s, m))));
         self
     }
     pub fn authorize(
@@ -213,6 +228,9 @@ impl Handler for Recorder {
         });
         if let Some(f) = &self.behaviour.message {
             f(session, &message);
+        }
+        if let Some(f) = &self.behaviour.message_async {
+            f(session.clone(), message).await;
         }
     }
 
@@ -672,6 +690,20 @@ impl RawClient {
 
     fn available(&self) -> &[u8] {
         &self.buf[self.pos..]
+    }
+
+    /// Reads the status code of an HTTP response, or `None` if the hub closes first.
+    pub async fn read_status_or_eof(&mut self) -> Option<u16> {
+        loop {
+            if let Some(i) = find(self.available(), b"\r\n") {
+                let line = String::from_utf8_lossy(&self.available()[..i]).to_string();
+                let status = line.split(' ').nth(1).and_then(|s| s.parse().ok());
+                return Some(status.unwrap_or_else(|| panic!("bad status line {line:?}")));
+            }
+            if !self.fill().await {
+                return None;
+            }
+        }
     }
 
     /// Reads an HTTP response: the head, then `content-length` bytes of body (none for 101).
