@@ -5,6 +5,8 @@
 
 mod support;
 
+use std::time::Duration;
+
 use support::*;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use wshub::http::StatusCode;
@@ -261,4 +263,103 @@ async fn the_accept_key_follows_rfc_6455() {
         r.header("upgrade").map(str::to_ascii_lowercase).as_deref(),
         Some("websocket")
     );
+}
+
+/// A page served by the HTTP hook is not a refused upgrade; `Stats::handshakes_refused` counts
+/// "upgrade requests answered with an HTTP error status".
+#[tokio::test]
+async fn http_hook_pages_are_not_counted_as_refused_handshakes() {
+    let t = start(
+        quiet_config(),
+        Behaviour::default().http(|_| Some(response("text/plain", "ok"))),
+    )
+    .await;
+    for _ in 0..3 {
+        let mut c = RawClient::connect(t.addr).await;
+        assert_eq!(c.request(&plain_get(t.addr, "/health")).await.status, 200);
+    }
+    assert_eq!(t.hub.stats().handshakes_refused, 0);
+}
+
+/// A panicking `authorize` must not cost a place among `max_sessions`, nor open a session.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panicking_authorize_does_not_leak_a_session_slot() {
+    let mut t = start(
+        quiet_config().max_sessions(1),
+        Behaviour::default().authorize(|req| {
+            if req.query_param("token") == Some("boom") {
+                panic!("test authorize hook panics on purpose");
+            }
+            Ok(())
+        }),
+    )
+    .await;
+    for _ in 0..3 {
+        let mut c = RawClient::connect(t.addr).await;
+        c.write(upgrade_request(t.addr, "/?token=boom", &[]).as_bytes())
+            .await;
+        // No session and no 101, whatever the answer (today: none, the connection drops).
+        if let Some(line) = c.read_status_or_eof().await {
+            assert!(line >= 500, "a panicking authorize answered {line}");
+        }
+    }
+    let (r, _ok) = upgrade_with(&t, "/", &[]).await;
+    assert_eq!(r.status, 101, "the only place is free again");
+    t.events.open().await;
+    assert_eq!(t.hub.stats().sessions_opened, 1);
+    t.events.assert_none_pending();
+}
+
+#[tokio::test]
+async fn malformed_upgrades_get_4xx() {
+    let t = start(
+        quiet_config().max_handshake_bytes(1024),
+        Behaviour::default(),
+    )
+    .await;
+    let addr = t.addr;
+    let cases: Vec<(String, u16)> = vec![
+        (
+            upgrade_request(addr, "/", &[]).replacen("GET", "POST", 1),
+            405,
+        ),
+        (
+            upgrade_request(addr, "/", &[]).replace("Version: 13", "Version: 8"),
+            426,
+        ),
+        (
+            upgrade_request(addr, "/", &[]).replace(KEY, "not-a-key"),
+            400,
+        ),
+        (
+            upgrade_request(addr, "/", &[]).replace(&format!("Host: {addr}\r\n"), ""),
+            400,
+        ),
+        (
+            upgrade_request(addr, "/", &[("X-Padding", &"a".repeat(2048))]),
+            431,
+        ),
+        ("NOT HTTP AT ALL\r\n\r\n".to_string(), 400),
+    ];
+    for (request, status) in &cases {
+        let mut c = RawClient::connect(addr).await;
+        let r = c.request(request).await;
+        assert_eq!(r.status, *status, "for {:?}", request.lines().next());
+        c.expect_eof().await;
+    }
+    let s = t.hub.stats();
+    assert_eq!(s.sessions_opened, 0);
+    assert_eq!(s.handshakes_refused, cases.len() as u64);
+}
+
+/// A client that opens a socket and never finishes its request is dropped after
+/// `handshake_timeout` (slowloris).
+#[tokio::test]
+async fn an_unfinished_handshake_is_dropped_after_the_timeout() {
+    let config = quiet_config().handshake_timeout(Duration::from_millis(200));
+    let t = start(config, Behaviour::default()).await;
+    let mut c = RawClient::connect(t.addr).await;
+    c.write(b"GET / HTTP/1.1\r\nHost: x\r\n").await;
+    c.expect_eof().await;
+    assert_eq!(t.hub.stats().sessions_opened, 0);
 }
