@@ -5,7 +5,7 @@
 mod support;
 
 use support::*;
-use wshub::SessionId;
+use wshub::{CloseCode, SessionId};
 
 const MAX: usize = 1024;
 
@@ -102,4 +102,175 @@ async fn a_ping_is_answered_with_its_payload() {
         t.events.close().await,
         (id, Closed::client(1000, "raw bye"))
     );
+}
+
+/// Frames RFC 6455 forbids: each closes the session with 1002 (or 1007 for a close reason that
+/// is not UTF-8), and no message reaches the handler.
+#[tokio::test]
+async fn forbidden_frames_close_with_1002() {
+    let cases: Vec<(&str, Vec<u8>, u16)> = vec![
+        (
+            "reserved bit",
+            {
+                let mut f = client_frame(true, OP_TEXT, b"x");
+                f[0] |= 0x40;
+                f
+            },
+            1002,
+        ),
+        ("reserved opcode", client_frame(true, 0x3, b"x"), 1002),
+        ("fragmented ping", client_frame(false, OP_PING, b"x"), 1002),
+        (
+            "ping over 125 bytes",
+            client_frame(true, OP_PING, &[0; 126]),
+            1002,
+        ),
+        (
+            "continuation first",
+            client_frame(true, OP_CONTINUATION, b"x"),
+            1002,
+        ),
+        ("one-byte close", client_frame(true, OP_CLOSE, &[3]), 1002),
+        (
+            "close code 1005",
+            client_frame(true, OP_CLOSE, &close_payload(1005, "")),
+            1002,
+        ),
+        (
+            "close code 999",
+            client_frame(true, OP_CLOSE, &close_payload(999, "")),
+            1002,
+        ),
+        (
+            "close reason not UTF-8",
+            {
+                let mut p = close_payload(1000, "");
+                p.push(0xFF);
+                client_frame(true, OP_CLOSE, &p)
+            },
+            1007,
+        ),
+    ];
+    for (what, frame, code) in cases {
+        let (mut t, mut c, id) = hub_and_raw().await;
+        c.write(&frame).await;
+        let (got, reason) = c.read_close().await;
+        assert_eq!(got, code, "{what}: {reason}");
+        assert_eq!(
+            t.events.close().await,
+            (id, Closed::Server(code, reason)),
+            "{what}"
+        );
+        assert_eq!(t.hub.stats().messages_in, 0, "{what}");
+    }
+}
+
+/// A new data message in the middle of a fragmented one is a protocol error; the first
+/// fragment is never delivered.
+#[tokio::test]
+async fn interleaved_messages_close_with_1002() {
+    let (mut t, mut c, id) = hub_and_raw().await;
+    c.send(false, OP_TEXT, b"first half").await;
+    // A control frame in between is allowed (and answered).
+    c.send(true, OP_PING, b"p").await;
+    assert_eq!(c.read_frame().await.map(|f| f.opcode), Some(OP_PONG));
+    c.send(true, OP_TEXT, b"another message").await;
+    expect_closed(&mut t, &mut c, id, 1002).await;
+    assert_eq!(t.hub.stats().messages_in, 0);
+}
+
+/// A client over `max_messages_per_second` (burst of the same size) is closed with 1008;
+/// the messages within the budget reach the handler.
+#[tokio::test]
+async fn the_inbound_rate_limit_closes_with_1008() {
+    const RATE: u32 = 5;
+    let config = quiet_config().max_messages_per_second(Some(RATE));
+    let mut t = start(config, Behaviour::default()).await;
+    let mut c = RawClient::upgrade(t.addr).await;
+    let (id, _) = t.events.open().await;
+    let mut burst = Vec::new();
+    for i in 0..50 {
+        burst.extend(client_frame(true, OP_TEXT, format!("{i}").as_bytes()));
+    }
+    c.write(&burst).await;
+    assert_eq!(
+        c.read_close().await,
+        (1008, "rate limit exceeded".to_string())
+    );
+    c.send(true, OP_CLOSE, &close_payload(1008, "")).await;
+
+    let mut delivered = 0;
+    loop {
+        match t.events.next().await {
+            Event::Message { message, .. } => {
+                assert_eq!(message.as_text(), Some(delivered.to_string().as_str()));
+                delivered += 1;
+            }
+            Event::Close {
+                id: closed, reason, ..
+            } => {
+                assert_eq!(
+                    (closed, reason),
+                    (id, Closed::server(1008, "rate limit exceeded"))
+                );
+                break;
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    // The burst, plus what refilled while the first messages were handled (milliseconds
+    // normally; up to one second allowed on a loaded machine).
+    assert!(
+        (RATE as usize..=2 * RATE as usize).contains(&delivered),
+        "{delivered} messages delivered"
+    );
+}
+
+/// A message far larger than one write batch (64 KiB) and than the whole queue budget (1 MiB)
+/// is accepted into an empty queue, as `Config::max_queue_bytes` documents, and goes out
+/// intact across many partial socket writes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_message_is_written_whole_and_in_order() {
+    let mut t = start(quiet_config(), Behaviour::default()).await;
+    let mut c = connect(t.addr).await;
+    let (id, _) = t.events.open().await;
+    let big: String = (0..3 * 1024 * 1024)
+        .map(|i| char::from(b'a' + (i % 26) as u8))
+        .collect();
+    assert!(big.len() > t.hub.config().get_max_queue_bytes());
+
+    t.hub.send_to(id, "before").unwrap();
+    // Once the client has it, the queue is empty.
+    assert_eq!(recv_text(&mut c).await, "before");
+    t.hub.send_to(id, big.clone()).unwrap();
+    assert!(
+        recv_text(&mut c).await == big,
+        "the large message arrived altered"
+    );
+    t.hub.send_to(id, "after").unwrap();
+    assert_eq!(recv_text(&mut c).await, "after");
+    assert_eq!(t.hub.stats().queue_high_water_bytes, big.len() as u64 + 10);
+}
+
+/// RFC 6455 section 7.4.1: 1005 and 1006 must never be sent in a close frame. `Hub::close`
+/// takes any `CloseCode`; what reaches the wire must still be a sendable code.
+#[tokio::test]
+async fn an_unsendable_close_code_never_reaches_the_wire() {
+    for code in [
+        CloseCode::NO_STATUS,
+        CloseCode::ABNORMAL,
+        CloseCode::from(999),
+    ] {
+        let (mut t, mut c, id) = hub_and_raw().await;
+        if t.hub.close(id, code, "").is_err() {
+            continue; // Refusing it is fine too.
+        }
+        let (got, _) = c.read_close().await;
+        assert!(
+            CloseCode::from(got).is_sendable(),
+            "Hub::close({code}) sent close code {got} on the wire"
+        );
+        c.send(true, OP_CLOSE, &close_payload(got, "")).await;
+        t.events.close().await;
+    }
 }
