@@ -402,3 +402,91 @@ async fn send_to_a_full_queue_reports_each_policy() {
     assert_eq!(s.slow_consumer_disconnects, 0);
     assert_eq!(s.queue_high_water_bytes, FULL_QUEUE as u64);
 }
+
+/// `close_timeout` bounds every close: "how long a closing session may take to flush its queue
+/// and receive the peer's close frame before the connection is dropped". A slow consumer
+/// closed by the Disconnect policy that never reads again must be dropped by then, and
+/// `on_close` must report the 1008 close.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_disconnected_slow_consumer_that_never_reads_is_dropped_after_close_timeout() {
+    let config = quiet_config()
+        .max_queue_bytes(BUDGET)
+        .close_timeout(std::time::Duration::from_millis(200));
+    let mut t = start(config, Default::default()).await;
+    let mut slow = RawClient::connect_small_rcvbuf(t.addr, 4096).await;
+    assert_eq!(
+        slow.request(&upgrade_request(t.addr, "/", &[]))
+            .await
+            .status,
+        101
+    );
+    let (id, _) = t.events.open().await;
+    let mut outcome = None;
+    for seq in 0..(MAX_ROUNDS * PER_ROUND) as u64 {
+        if let Err(e) = t.hub.send_to(id, numbered(seq)) {
+            outcome = Some(e);
+            break;
+        }
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(
+        outcome,
+        Some(SendError::Full {
+            id,
+            outcome: FullOutcome::Disconnected
+        })
+    );
+    // The client reads nothing more; the hub gives up on it after close_timeout.
+    assert_eq!(
+        t.events.close().await,
+        (id, Closed::server(1008, "slow consumer"))
+    );
+    assert_eq!(t.hub.session_count(), 0);
+    drop(slow);
+}
+
+/// The same bound for a close the client starts: a client that sends its close frame but
+/// never reads the hub's answer (its socket full) is dropped after `close_timeout`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_close_whose_answer_cannot_be_written_ends_after_close_timeout() {
+    let config = quiet_config()
+        .max_queue_bytes(BUDGET)
+        .slow_consumer_policy(SlowConsumerPolicy::DropNewest)
+        .close_timeout(std::time::Duration::from_millis(200));
+    let mut t = start(config, Default::default()).await;
+    let mut slow = RawClient::connect_small_rcvbuf(t.addr, 4096).await;
+    assert_eq!(
+        slow.request(&upgrade_request(t.addr, "/", &[]))
+            .await
+            .status,
+        101
+    );
+    let (id, _) = t.events.open().await;
+    // Fill the queue and the socket under it: pushes are refused, and the hub writes no more
+    // bytes over ten polls.
+    let (mut seq, mut last_out, mut still) = (0, u64::MAX, 0);
+    wait_until("the slow client's socket to fill", || {
+        for _ in 0..1_000 {
+            if t.hub.send_to(id, numbered(seq)).is_err() {
+                break;
+            }
+            seq += 1;
+        }
+        let out = t.hub.stats().bytes_out;
+        (still, last_out) = if out == last_out {
+            (still + 1, out)
+        } else {
+            (0, out)
+        };
+        still >= 10
+    })
+    .await;
+
+    slow.send(true, OP_CLOSE, &close_payload(1000, "leaving"))
+        .await;
+    assert_eq!(
+        t.events.close().await,
+        (id, Closed::client(1000, "leaving"))
+    );
+    assert_eq!(t.hub.session_count(), 0);
+}
