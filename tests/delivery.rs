@@ -120,12 +120,7 @@ async fn send_to_a_closing_then_closed_session() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn send_to_reaches_only_its_session() {
     let mut t = start(quiet_config(), Behaviour::default()).await;
-    let mut clients = Vec::new();
-    let mut ids = Vec::new();
-    for _ in 0..3 {
-        clients.push(connect(t.addr).await);
-        ids.push(t.events.open().await.0);
-    }
+    let (clients, ids) = connect_each(&mut t, 3).await;
 
     t.hub.send_to(ids[1], "for b").unwrap();
     t.hub.send_to(ids[1], "for b again").unwrap();
@@ -187,12 +182,7 @@ async fn broadcast_except_skips_the_sender() {
         }),
     )
     .await;
-    let mut clients = Vec::new();
-    let mut ids = Vec::new();
-    for _ in 0..5 {
-        clients.push(connect(t.addr).await);
-        ids.push(t.events.open().await.0);
-    }
+    let (mut clients, ids) = connect_each(&mut t, 5).await;
 
     send_text(&mut clients[0], "from 0").await;
     assert_eq!(t.events.message().await.0, ids[0]);
@@ -217,12 +207,7 @@ async fn broadcast_except_skips_the_sender() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn publish_reaches_exactly_the_subscribers() {
     let mut t = start(quiet_config(), Behaviour::default()).await;
-    let mut clients = Vec::new();
-    let mut ids = Vec::new();
-    for _ in 0..6 {
-        clients.push(connect(t.addr).await);
-        ids.push(t.events.open().await.0);
-    }
+    let (clients, ids) = connect_each(&mut t, 6).await;
     // a: clients 0, 1, 2; b: clients 2, 3, 4; client 5: nothing.
     for &i in &[0, 1, 2] {
         assert_eq!(t.hub.subscribe(ids[i], "a"), Ok(true));
@@ -280,12 +265,7 @@ async fn stats_count_what_happened() {
     let before = t.hub.stats();
     assert_eq!(before, wshub::Stats::default());
 
-    let mut clients = Vec::new();
-    let mut ids = Vec::new();
-    for _ in 0..CLIENTS {
-        clients.push(connect(t.addr).await);
-        ids.push(t.events.open().await.0);
-    }
+    let (mut clients, ids) = connect_each(&mut t, CLIENTS).await;
     let mut bytes_in = 0;
     for (i, c) in clients.iter_mut().enumerate() {
         for j in 0..EACH {

@@ -419,6 +419,17 @@ pub async fn connect_with(addr: SocketAddr, request: ClientRequest) -> (Client, 
     .await
 }
 
+/// Opens `n` clients one after the other; returns them with their session ids, in order.
+pub async fn connect_each(t: &mut TestHub, n: usize) -> (Vec<Client>, Vec<SessionId>) {
+    let mut clients = Vec::with_capacity(n);
+    let mut ids = Vec::with_capacity(n);
+    for _ in 0..n {
+        clients.push(connect(t.addr).await);
+        ids.push(t.events.open().await.0);
+    }
+    (clients, ids)
+}
+
 /// Opens `n` clients concurrently, at most `in_flight` handshakes at a time.
 pub async fn connect_many(addr: SocketAddr, n: usize, in_flight: usize) -> Vec<Client> {
     futures_util::stream::iter(0..n)
@@ -619,15 +630,15 @@ impl RawClient {
         RawClient::from_stream(stream)
     }
 
-    /// Connects with a small receive buffer, so that a client that never reads stops taking
+    /// Upgrades with a small receive buffer, so that a client that never reads stops taking
     /// data early (the kernel would otherwise absorb megabytes).
-    pub async fn connect_small_rcvbuf(addr: SocketAddr, bytes: u32) -> RawClient {
+    pub async fn upgrade_small_rcvbuf(addr: SocketAddr, bytes: u32) -> RawClient {
         let socket = TcpSocket::new_v4().unwrap();
         socket.set_recv_buffer_size(bytes).unwrap();
         let stream = within("a TCP connect", socket.connect(addr))
             .await
             .expect("TCP connect");
-        RawClient::from_stream(stream)
+        RawClient::from_stream(stream).upgraded(addr).await
     }
 
     fn from_stream(stream: TcpStream) -> RawClient {
@@ -641,10 +652,13 @@ impl RawClient {
 
     /// Connects and completes a WebSocket upgrade of `/` (fails the test on any other answer).
     pub async fn upgrade(addr: SocketAddr) -> RawClient {
-        let mut c = RawClient::connect(addr).await;
-        let r = c.request(&upgrade_request(addr, "/", &[])).await;
+        RawClient::connect(addr).await.upgraded(addr).await
+    }
+
+    async fn upgraded(mut self, addr: SocketAddr) -> RawClient {
+        let r = self.request(&upgrade_request(addr, "/", &[])).await;
         assert_eq!(r.status, 101, "upgrade refused: {r:?}");
-        c
+        self
     }
 
     /// Sends `request` and reads the response head (and, unless it is a 101, the body).
