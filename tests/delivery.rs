@@ -147,6 +147,8 @@ async fn broadcast_reaches_250_clients_exactly_once() {
     peers.sort();
     locals.sort();
     assert_eq!(peers, locals, "every client has its own session");
+    let ids: std::collections::HashSet<_> = opened.iter().map(|(id, _)| *id).collect();
+    assert_eq!(ids.len(), N, "session ids are unique");
     assert_eq!(t.hub.session_count(), N);
 
     for i in 0..ROUNDS {

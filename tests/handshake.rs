@@ -166,6 +166,36 @@ async fn upgrades_beyond_max_sessions_get_503() {
     assert_eq!((s.sessions_opened, s.handshakes_refused), (3, 1));
 }
 
+/// Concurrent upgrades racing for the last places: exactly `max_sessions` win.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_upgrades_never_exceed_max_sessions() {
+    const MAX: usize = 10;
+    const TRIES: usize = 30;
+    let mut t = start(quiet_config().max_sessions(MAX), Behaviour::default()).await;
+    let addr = t.addr;
+    let tasks: Vec<_> = (0..TRIES)
+        .map(|_| {
+            tokio::spawn(async move {
+                let mut c = RawClient::connect(addr).await;
+                let r = c.request(&upgrade_request(addr, "/", &[])).await;
+                (r.status, c)
+            })
+        })
+        .collect();
+    let mut statuses = Vec::new();
+    let mut kept = Vec::new();
+    for task in tasks {
+        let (status, c) = within("an upgrade", task).await.unwrap();
+        statuses.push(status);
+        kept.push(c);
+    }
+    assert_eq!(statuses.iter().filter(|s| **s == 101).count(), MAX);
+    assert_eq!(statuses.iter().filter(|s| **s == 503).count(), TRIES - MAX);
+    t.events.opens(MAX).await;
+    assert_eq!(t.hub.session_count(), MAX);
+    assert_eq!(t.hub.stats().handshakes_refused, (TRIES - MAX) as u64);
+}
+
 #[tokio::test]
 async fn http_hook_answers_plain_requests_and_426_otherwise() {
     let t = start(

@@ -252,6 +252,20 @@ async fn a_large_message_is_written_whole_and_in_order() {
     assert_eq!(t.hub.stats().queue_high_water_bytes, big.len() as u64 + 10);
 }
 
+/// A close reason longer than a control frame allows is cut to 123 bytes at a character
+/// boundary, so the client still gets valid UTF-8.
+#[tokio::test]
+async fn a_long_close_reason_is_cut_at_a_character_boundary() {
+    let (mut t, mut c, id) = hub_and_raw().await;
+    let reason = "é".repeat(100); // 200 bytes
+    t.hub.close(id, CloseCode::from(4000), &reason).unwrap();
+    let (code, got) = c.read_close().await;
+    assert_eq!((code, got), (4000, "é".repeat(61)));
+    c.send(true, OP_CLOSE, &close_payload(4000, "")).await;
+    // (on_close reports the reason as given, uncut.)
+    assert_eq!(t.events.close().await, (id, Closed::server(4000, &reason)));
+}
+
 /// RFC 6455 section 7.4.1: 1005 and 1006 must never be sent in a close frame. `Hub::close`
 /// takes any `CloseCode`; what reaches the wire must still be a sendable code.
 #[tokio::test]
