@@ -12,7 +12,7 @@ use std::net::SocketAddr;
 use std::panic::AssertUnwindSafe;
 use std::pin::{Pin, pin};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::task::{Context, Poll, ready};
 
 use bytes::{Buf, Bytes, BytesMut};
@@ -65,29 +65,49 @@ where
     let core = &core;
     let handshake = async {
         let (head, rest) = handshake::read_head(&mut io, core.config.max_handshake_bytes).await?;
-        let accepted = handshake::negotiate(core, head, peer).await?;
+        // A panicking hook answers 500 instead of dropping the connection unanswered.
+        let accepted = match catch_unwind_future(handshake::negotiate(core, head, peer)).await {
+            Ok(result) => result?,
+            Err(()) => {
+                tracing::error!(%peer, "a handshake hook panicked");
+                let status = http::StatusCode::INTERNAL_SERVER_ERROR;
+                return Err(Refused::Respond(crate::Reject::new(status)));
+            }
+        };
         Ok::<_, Refused>((accepted, rest))
     };
     let outcome = tokio::select! {
         r = tokio::time::timeout(core.config.handshake_timeout, handshake) => {
             r.unwrap_or(Err(Refused::Gone))
         }
-        _ = core.stopped() => Err(Refused::Gone),
+        _ = core.stopped() => {
+            Err(Refused::Respond(handshake::unavailable("server shutting down")))
+        }
     };
-    let (accepted, rest) = match outcome {
-        Ok(ok) => ok,
+    let answer = match outcome {
+        Ok(ok) => return write_upgrade(core, io, ok).await,
+        Err(Refused::Gone) => return None,
+        Err(Refused::Answered(page)) => page,
         Err(Refused::Respond(reject)) => {
             core.counters.refused.fetch_add(1, Ordering::Relaxed);
             tracing::debug!(%peer, status = %reject.status, "upgrade refused");
-            let _ = tokio::time::timeout(
-                core.config.close_timeout,
-                handshake::write_reject(&mut io, &reject),
-            )
-            .await;
-            return None;
+            reject
         }
-        Err(Refused::Gone) => return None,
     };
+    let write = handshake::write_reject(&mut io, &answer);
+    let _ = tokio::time::timeout(core.config.close_timeout, write).await;
+    None
+}
+
+/// Writes the `101 Switching Protocols` response within the handshake timeout.
+async fn write_upgrade<S>(
+    core: &Core,
+    mut io: S,
+    (accepted, rest): (Accepted, Bytes),
+) -> Option<(S, Accepted, Bytes)>
+where
+    S: AsyncWrite + Unpin,
+{
     let response = accepted.response();
     let written = tokio::time::timeout(core.config.handshake_timeout, async {
         io.write_all(&response).await?;
@@ -131,6 +151,7 @@ where
         last_seen: AtomicU64::new(core.now_ms()),
         ping_sent: AtomicU64::new(0),
         close_deadline: AtomicU64::new(0),
+        in_handler: AtomicBool::new(false),
     });
     core.registry.insert(inner.clone());
     core.counters.opened.fetch_add(1, Ordering::Relaxed);
@@ -271,13 +292,23 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
     }
 
     /// Runs a handler future to completion while the socket keeps being written.
+    ///
+    /// Heartbeat and idle timeouts wait while it runs (nothing is read meanwhile); an abort
+    /// (close deadline, shutdown deadline) drops the handler's future.
     fn drive<'a, F>(&'a mut self, mut fut: F) -> impl Future<Output = Driven> + 'a
     where
         F: Future<Output = ()> + Unpin + 'a,
     {
+        self.session.in_handler.store(true, Ordering::Release);
+        let done = |this: &mut Self, driven: Driven| {
+            let s = &this.session;
+            s.last_seen.store(this.core.now_ms(), Ordering::Release);
+            s.in_handler.store(false, Ordering::Release);
+            Poll::Ready(driven)
+        };
         poll_fn(move |cx| {
             if self.session.outbox.aborted().is_some() {
-                return Poll::Ready(Driven::Aborted);
+                return done(self, Driven::Aborted);
             }
             self.session.outbox.register(cx.waker());
             if self.io_error.is_none() {
@@ -286,9 +317,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
                 }
             }
             match std::panic::catch_unwind(AssertUnwindSafe(|| Pin::new(&mut fut).poll(cx))) {
-                Ok(Poll::Ready(())) => Poll::Ready(Driven::Done),
+                Ok(Poll::Ready(())) => done(self, Driven::Done),
                 Ok(Poll::Pending) => Poll::Pending,
-                Err(_) => Poll::Ready(Driven::Panicked),
+                Err(_) => done(self, Driven::Panicked),
             }
         })
     }

@@ -14,6 +14,11 @@ pub enum SendError {
     /// The session is closing: it accepts no more messages. Treat it as gone.
     #[error("session {0} is closing")]
     Closing(SessionId),
+    /// This close code may not be sent on the wire (1005, 1006, 1015, and codes outside
+    /// 1000–1014 and 3000–4999). Use [`CloseCode::NORMAL`](crate::CloseCode::NORMAL) or an
+    /// application code in 4000–4999.
+    #[error("close code {0} may not be sent")]
+    InvalidCloseCode(crate::CloseCode),
     /// The session's outbound queue was full; the configured
     /// [`SlowConsumerPolicy`](crate::SlowConsumerPolicy) applied, with this outcome.
     #[error("session {id} is not keeping up: {outcome}")]

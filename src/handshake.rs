@@ -28,8 +28,10 @@ pub(crate) struct Head {
 
 /// Why a handshake did not produce a session.
 pub(crate) enum Refused {
-    /// Answer with this response, then close.
+    /// Answer with this refusal, then close.
     Respond(Reject),
+    /// A plain HTTP request answered by [`Handler::http`](crate::Handler::http).
+    Answered(Reject),
     /// The client went away (or sent nothing): close without answering.
     Gone,
 }
@@ -217,20 +219,30 @@ fn upgrade_required(why: &'static str) -> Reject {
         .with_header("sec-websocket-version", "13")
 }
 
-/// Applies the handshake policy to a parsed request, running the handler's hooks.
+/// Answers a parsed request: a plain HTTP request goes to [`Handler::http`] (426 without an
+/// answer), an upgrade through the handshake policy.
+///
+/// [`Handler::http`]: crate::Handler::http
 pub(crate) async fn negotiate(
     core: &Arc<Core>,
     head: Head,
     peer: SocketAddr,
-) -> Result<Accepted, Reject> {
+) -> Result<Accepted, Refused> {
     let h = &head.headers;
     if !has_token(h, header::UPGRADE, "websocket") || !has_token(h, header::CONNECTION, "upgrade") {
         let request = Request::new(head.method, head.target, head.headers, peer);
         if let Some(response) = core.handler.http(&request) {
-            return Err(Reject::from_response(response));
+            return Err(Refused::Answered(Reject::from_response(response)));
         }
-        return Err(upgrade_required("this endpoint speaks WebSocket only"));
+        let why = "this endpoint speaks WebSocket only";
+        return Err(Refused::Respond(upgrade_required(why)));
     }
+    policy(core, head, peer).await.map_err(Refused::Respond)
+}
+
+/// Applies the handshake policy to a parsed request, running the handler's hooks.
+async fn policy(core: &Arc<Core>, head: Head, peer: SocketAddr) -> Result<Accepted, Reject> {
+    let h = &head.headers;
     if head.method != Method::GET {
         return Err(Reject::new(StatusCode::METHOD_NOT_ALLOWED).with_header("allow", "GET"));
     }
@@ -309,7 +321,7 @@ pub(crate) async fn negotiate(
     })
 }
 
-fn unavailable(why: &'static str) -> Reject {
+pub(crate) fn unavailable(why: &'static str) -> Reject {
     Reject::new(StatusCode::SERVICE_UNAVAILABLE)
         .with_body(why)
         .with_header("retry-after", "5")

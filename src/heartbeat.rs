@@ -29,12 +29,25 @@ fn sweep(core: &Arc<Core>) {
     let ping_interval = cfg.ping_interval.map(|d| d.as_millis() as u64);
     let ping_timeout = cfg.ping_timeout.as_millis() as u64;
     let idle = cfg.idle_timeout.map(|d| d.as_millis() as u64);
+    let close_timeout = cfg.close_timeout.as_millis() as u64;
     core.registry.for_each(|s| {
         let deadline = s.close_deadline.load(Ordering::Acquire);
         if deadline != 0 {
             if now >= deadline {
                 s.outbox.abort(Abort::CloseTimeout);
             }
+            return;
+        }
+        if !s.outbox.is_open() {
+            // Closing without a deadline yet (the peer closed first, or the slow-consumer
+            // policy closed it from a sender's thread): `close_timeout` starts now.
+            s.close_deadline
+                .store(now + close_timeout, Ordering::Release);
+            return;
+        }
+        if s.in_handler.load(Ordering::Acquire) {
+            // The connection reads nothing while its handler runs (messages are handled in
+            // order), so silence is not evidence of a dead peer. Timing restarts after.
             return;
         }
         let seen = s.last_seen.load(Ordering::Acquire);

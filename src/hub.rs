@@ -278,13 +278,13 @@ impl Hub {
 
     /// Closes session `id` with `code` and `reason` once the messages already queued for it are
     /// written. [`Handler::on_close`] follows when the client answers or `close_timeout` passes.
+    ///
+    /// # Errors
+    /// [`SendError::NotFound`], [`SendError::Closing`] when it is already closing, and
+    /// [`SendError::InvalidCloseCode`] for a code that may not be sent.
     pub fn close(&self, id: SessionId, code: CloseCode, reason: &str) -> Result<(), SendError> {
         let s = self.core.registry.get(id).ok_or(SendError::NotFound(id))?;
-        if self.core.close_session(&s, CloseFrame::new(code, reason)) {
-            Ok(())
-        } else {
-            Err(SendError::Closing(id))
-        }
+        self.core.close_by_app(&s, code, reason)
     }
 
     /// The session with this id, if it is connected.
@@ -426,6 +426,23 @@ impl Core {
         async move {
             // The guard `wait_for` returns is dropped here, not held by the caller.
             let _ = stop.wait_for(|stopped| *stopped).await.map(|_| ());
+        }
+    }
+
+    /// An application's close: the code must be sendable.
+    pub(crate) fn close_by_app(
+        &self,
+        s: &SessionInner,
+        code: CloseCode,
+        reason: &str,
+    ) -> Result<(), SendError> {
+        if !code.is_sendable() {
+            return Err(SendError::InvalidCloseCode(code));
+        }
+        if self.close_session(s, CloseFrame::new(code, reason)) {
+            Ok(())
+        } else {
+            Err(SendError::Closing(s.id))
         }
     }
 

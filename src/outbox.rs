@@ -226,7 +226,10 @@ impl Outbox {
         let mut st = self.lock();
         if st.phase != Phase::Gone && !matches!(st.phase, Phase::Aborted(_)) {
             st.phase = Phase::Aborted(why);
-            Self::wake(&mut st);
+            // Always wake: the connection may be parked on a full socket with `notified` set.
+            if let Some(w) = &st.waker {
+                w.wake_by_ref();
+            }
         }
     }
 
@@ -282,9 +285,11 @@ impl Outbox {
         out
     }
 
-    /// Registers the connection's waker (before the first drain) so aborts reach it.
+    /// Registers the connection's waker when it is about to wait without draining (a
+    /// handler running, or a close in progress), so the next push or abort wakes it.
     pub(crate) fn register(&self, waker: &Waker) {
         let mut st = self.lock();
+        st.notified = false;
         match &st.waker {
             Some(w) if w.will_wake(waker) => {}
             _ => st.waker = Some(waker.clone()),

@@ -4,14 +4,14 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::Mutex;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicBool, AtomicU64};
 
 use http::HeaderMap;
 
 use crate::error::{SendError, TopicError};
 use crate::handler::Request;
 use crate::hub::Hub;
-use crate::message::{CloseCode, CloseFrame, Message};
+use crate::message::{CloseCode, Message};
 use crate::outbox::Outbox;
 use crate::registry::{Registry, SessionTopics};
 
@@ -64,6 +64,8 @@ pub(crate) struct SessionInner {
     pub(crate) ping_sent: AtomicU64,
     /// When a closing session is dropped regardless (0: not closing).
     pub(crate) close_deadline: AtomicU64,
+    /// A handler call is running: the connection is not reading, timeouts wait.
+    pub(crate) in_handler: AtomicBool,
 }
 
 /// A handle to one connected client: cheap to clone, usable from any task.
@@ -146,11 +148,12 @@ impl Session {
     }
 
     /// Starts the close handshake with `code` and `reason` after the messages already queued.
-    /// Returns false when the session was already closing.
-    pub fn close(&self, code: CloseCode, reason: &str) -> bool {
-        self.hub
-            .core
-            .close_session(&self.inner, CloseFrame::new(code, reason))
+    ///
+    /// # Errors
+    /// [`SendError::Closing`] when it is already closing, [`SendError::InvalidCloseCode`] for
+    /// a code that may not be sent on the wire.
+    pub fn close(&self, code: CloseCode, reason: &str) -> Result<(), SendError> {
+        self.hub.core.close_by_app(&self.inner, code, reason)
     }
 
     /// Subscribes to `topic`; `Ok(false)` when already subscribed or closing.
