@@ -110,6 +110,11 @@ pub use stats::Stats;
 
 #[doc(no_inline)]
 pub use async_trait::async_trait;
+
+/// The README's code compiles (checked by `cargo test --doc`).
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
 #[doc(no_inline)]
 pub use bytes::Bytes;
 #[doc(no_inline)]
