@@ -96,6 +96,7 @@ mod heartbeat;
 mod hub;
 mod message;
 mod outbox;
+mod prometheus;
 mod registry;
 mod session;
 mod stats;
