@@ -25,6 +25,19 @@ pub(crate) struct Head {
     pub(crate) headers: HeaderMap,
 }
 
+impl Head {
+    /// The head of a request that another HTTP server (hyper, under axum) already parsed.
+    #[cfg(feature = "axum")]
+    pub(crate) fn from_parts(parts: http::request::Parts) -> Head {
+        Head {
+            method: parts.method,
+            uri: parts.uri,
+            version: parts.version,
+            headers: parts.headers,
+        }
+    }
+}
+
 /// Why a handshake did not produce a session.
 pub(crate) enum Refused {
     /// Answer with this response, then close.
@@ -167,7 +180,14 @@ pub(crate) fn is_valid_key(key: &[u8]) -> bool {
         && b"AQgw".contains(&key[21])
 }
 
-fn upgrade_required(why: &'static str) -> Reject {
+/// Whether the request asks for a WebSocket upgrade at all (`Upgrade: websocket` and
+/// `Connection: upgrade`); other requests are plain HTTP.
+pub(crate) fn is_upgrade(headers: &HeaderMap) -> bool {
+    has_token(headers, header::UPGRADE, "websocket")
+        && has_token(headers, header::CONNECTION, "upgrade")
+}
+
+pub(crate) fn upgrade_required(why: &'static str) -> Reject {
     Reject::new(StatusCode::UPGRADE_REQUIRED)
         .with_body(why)
         .with_header("upgrade", "websocket")
@@ -182,7 +202,7 @@ pub(crate) async fn negotiate(
     peer: SocketAddr,
 ) -> Result<Accepted, Reject> {
     let h = &head.headers;
-    if !has_token(h, header::UPGRADE, "websocket") || !has_token(h, header::CONNECTION, "upgrade") {
+    if !is_upgrade(h) {
         let request = Request::new(head.method, head.uri, head.headers, peer);
         if let Some(response) = core.handler.http(&request) {
             return Err(Reject::from_response(response));

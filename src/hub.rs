@@ -466,10 +466,10 @@ impl Core {
 }
 
 /// Counts a live connection task, for [`Hub::shutdown`].
-struct TaskGuard(Arc<Core>);
+pub(crate) struct TaskGuard(Arc<Core>);
 
 impl TaskGuard {
-    fn new(core: &Arc<Core>) -> Self {
+    pub(crate) fn new(core: &Arc<Core>) -> Self {
         core.tasks.fetch_add(1, Ordering::AcqRel);
         TaskGuard(core.clone())
     }

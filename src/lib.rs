@@ -37,6 +37,13 @@
 //! }
 //! ```
 //!
+//! ## Features
+//!
+//! | Feature  | What it adds | Extra dependencies |
+//! |----------|--------------|--------------------|
+//! | *(none)* | [`Hub`], [`Handler`], [`Session`], [`Hub::serve`] on a `TcpListener`, [`Hub::accept`] on any byte stream, [`Handler::http`] for plain HTTP on the same port, [`Stats`] with [`Stats::to_prometheus`] | — |
+//! | `axum`   | [`axum::endpoint`] and [`axum::upgrade`]: mount the hub at a route of an axum 0.8 `Router`, so REST and push share one port | `axum`, `hyper`, `hyper-util` |
+//!
 //! ## The data path of one broadcast
 //!
 //! `hub.broadcast(msg)` ([`hub.rs`](Hub)) frames the message **once** into a shared
@@ -86,6 +93,9 @@
 #![deny(missing_docs)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+#[cfg(feature = "axum")]
+#[cfg_attr(docsrs, doc(cfg(feature = "axum")))]
+pub mod axum;
 mod config;
 mod connection;
 mod error;
