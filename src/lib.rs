@@ -43,6 +43,7 @@
 //! |----------|--------------|--------------------|
 //! | *(none)* | [`Hub`], [`Handler`], [`Session`], [`Hub::serve`] on a `TcpListener`, [`Hub::accept`] on any byte stream, [`Handler::http`] for plain HTTP on the same port, [`Stats`] with [`Stats::to_prometheus`] | — |
 //! | `axum`   | [`axum::endpoint`] and [`axum::upgrade`]: mount the hub at a route of an axum 0.8 `Router`, so REST and push share one port | `axum`, `hyper`, `hyper-util` |
+//! | `client` | [`Client`]: a client that reconnects with exponential backoff and jitter, re-subscribes and exposes its state | `tokio-tungstenite` |
 //!
 //! ## The data path of one broadcast
 //!
@@ -96,6 +97,8 @@
 #[cfg(feature = "axum")]
 #[cfg_attr(docsrs, doc(cfg(feature = "axum")))]
 pub mod axum;
+#[cfg(feature = "client")]
+mod client;
 mod config;
 mod connection;
 mod error;
@@ -111,6 +114,9 @@ mod registry;
 mod session;
 mod stats;
 
+#[cfg(feature = "client")]
+#[cfg_attr(docsrs, doc(cfg(feature = "client")))]
+pub use client::{Client, ClientBuilder, ClientClosed, ClientState, ConnectError};
 pub use config::{Config, SlowConsumerPolicy};
 pub use error::{FullOutcome, SendError, TopicError, validate_topic};
 pub use handler::{CloseReason, Handler, Reject, Request};
