@@ -30,11 +30,14 @@ use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 use wshub::{Handler, Hub, Reject, Request, Session};
 
-/// The application's state, shared by the REST handlers.
+/// The orders, shared by the REST handlers and the socket's `Handler`.
+type Orders = Arc<Mutex<BTreeMap<u32, Order>>>;
+
+/// The REST handlers' state.
 #[derive(Clone)]
 struct App {
     hub: Hub,
-    orders: Arc<Mutex<BTreeMap<u32, Order>>>,
+    orders: Orders,
 }
 
 #[derive(Clone, Serialize)]
@@ -49,8 +52,10 @@ struct StatusChange {
     status: String,
 }
 
-/// The socket's side: who may connect, and what a new session subscribes to.
-struct Push;
+/// The socket's side: who may connect, and what a new session gets.
+struct Push {
+    orders: Orders,
+}
 
 #[wshub::async_trait]
 impl Handler for Push {
@@ -62,35 +67,44 @@ impl Handler for Push {
         }
     }
 
+    /// Subscribes to changes and sends the current orders, under the lock that changes take
+    /// too: every change is either in this snapshot or pushed after it.
     async fn open(&self, session: &Session) {
+        let orders = self.orders.lock().unwrap_or_else(|e| e.into_inner());
         let _ = session.subscribe("orders");
+        let all: Vec<&Order> = orders.values().collect();
+        let snapshot = serde_json::json!({ "type": "orders", "orders": all });
+        let _ = session.send(snapshot.to_string());
     }
 }
 
-/// The router: REST routes, the hub at `/ws`, and `/metrics`.
-fn app(hub: Hub) -> Router {
-    let orders = [(17, "espresso machine"), (18, "grinder"), (19, "scale")]
-        .into_iter()
-        .map(|(id, item)| {
-            let order = Order {
-                id,
-                item: item.into(),
-                status: "received".into(),
-            };
-            (id, order)
-        })
-        .collect();
+/// The hub and the router: REST routes, the hub at `/ws`, and `/metrics`.
+pub(crate) fn app() -> (Hub, Router) {
+    let orders: Orders = Arc::new(Mutex::new(
+        [(17, "espresso machine"), (18, "grinder"), (19, "scale")]
+            .into_iter()
+            .map(|(id, item)| {
+                let status = "received".to_string();
+                let item = item.to_string();
+                (id, Order { id, item, status })
+            })
+            .collect(),
+    ));
+    let hub = Hub::new(Push {
+        orders: orders.clone(),
+    });
     let state = App {
         hub: hub.clone(),
-        orders: Arc::new(Mutex::new(orders)),
+        orders,
     };
-    Router::new()
+    let router = Router::new()
         .route("/api/orders", get(list_orders))
         .route("/api/orders/{id}/status", post(change_status))
         .route("/metrics", get(metrics))
         .route("/health", get(|| async { "ok" }))
         .with_state(state)
-        .route("/ws", wshub::axum::endpoint(hub))
+        .route("/ws", wshub::axum::endpoint(hub.clone()));
+    (hub, router)
 }
 
 async fn list_orders(State(app): State<App>) -> Json<Vec<Order>> {
@@ -104,15 +118,14 @@ async fn change_status(
     Path(id): Path<u32>,
     Json(change): Json<StatusChange>,
 ) -> Result<Json<Order>, StatusCode> {
-    let order = {
-        let mut orders = app.orders.lock().unwrap_or_else(|e| e.into_inner());
-        let order = orders.get_mut(&id).ok_or(StatusCode::NOT_FOUND)?;
-        order.status = change.status;
-        order.clone()
-    };
+    let mut orders = app.orders.lock().unwrap_or_else(|e| e.into_inner());
+    let order = orders.get_mut(&id).ok_or(StatusCode::NOT_FOUND)?;
+    order.status = change.status;
     let event = serde_json::json!({ "type": "order", "order": &order });
+    // Published under the lock, so that it is ordered with the snapshots `open` sends.
+    // Publishing never waits for a client.
     app.hub.publish("orders", event.to_string());
-    Ok(Json(order))
+    Ok(Json(order.clone()))
 }
 
 /// The hub's counters in the Prometheus text format.
@@ -133,14 +146,14 @@ async fn main() -> std::io::Result<()> {
     let addr = std::env::args()
         .nth(1)
         .unwrap_or_else(|| "127.0.0.1:3000".into());
-    let hub = Hub::new(Push);
+    let (hub, router) = app();
     let listener = tokio::net::TcpListener::bind(&addr).await?;
     println!(
         "REST on http://{0}/api/orders, push on ws://{0}/ws?token=demo, metrics on http://{0}/metrics",
         listener.local_addr()?
     );
     // Connect info gives the hub each client's address (per-IP limits, logs).
-    let service = app(hub.clone()).into_make_service_with_connect_info::<SocketAddr>();
+    let service = router.into_make_service_with_connect_info::<SocketAddr>();
     axum::serve(listener, service)
         .with_graceful_shutdown(async move {
             let _ = tokio::signal::ctrl_c().await;
