@@ -40,8 +40,9 @@
 //! `0.0.0.0:0`, and so shares one [`max_sessions_per_ip`](crate::Config::max_sessions_per_ip)
 //! budget.
 //!
-//! Only HTTP/1.1 upgrades are supported (not RFC 8441 WebSocket over HTTP/2); an HTTP/2
-//! request gets 400. [`Hub::shutdown`] closes and waits for the sessions upgraded here too,
+//! Only HTTP/1.1 upgrades are supported, not RFC 8441 WebSocket over HTTP/2 (an HTTP/2
+//! request carries no `Upgrade` header, so it gets 426). [`Hub::shutdown`] closes and waits
+//! for the sessions upgraded here too,
 //! but stopping axum's listener is the host application's job
 //! ([`axum::serve::Serve::with_graceful_shutdown`]).
 
@@ -104,7 +105,7 @@ where
 /// # struct App;
 /// # impl wshub::Handler for App {}
 /// let state = AppState { hub: wshub::Hub::new(App) };
-/// let app = axum::Router::new()
+/// let app: axum::Router = axum::Router::new()
 ///     .route("/live", axum::routing::get(live))
 ///     .with_state(state);
 /// ```
@@ -144,7 +145,7 @@ pub async fn upgrade(hub: &Hub, request: Request) -> Response {
         }
     };
     let Some(on_upgrade) = on_upgrade else {
-        // Served without hyper's connection (e.g. `Router::oneshot`), or over HTTP/2.
+        // Served without hyper's connection (e.g. `Router::oneshot` in a test).
         let reject = Reject::new(StatusCode::INTERNAL_SERVER_ERROR)
             .with_body("this connection cannot be upgraded");
         return refuse(hub, peer, reject);
