@@ -5,7 +5,8 @@ use std::collections::hash_map::RandomState;
 use std::fmt;
 use std::hash::{BuildHasher, Hasher};
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -447,11 +448,16 @@ impl Settings {
 
 /// A connection that lasted this long resets the backoff to its first step.
 const STABLE: Duration = Duration::from_secs(5);
+/// How long closing may take: flushing what was queued and the close handshake.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
 
-/// A uniform number in `[0, 1)`, from the standard library's randomly seeded hasher.
+/// A uniform number in `[0, 1)`: SipHash of a counter under the standard library's randomly
+/// seeded keys (no `rand` dependency for a jitter).
 fn random_unit() -> f64 {
-    let mut h = RandomState::new().build_hasher();
-    h.write_u64(Instant::now().elapsed().as_nanos() as u64);
+    static DRAWS: AtomicU64 = AtomicU64::new(0);
+    static KEYS: OnceLock<RandomState> = OnceLock::new();
+    let mut h = KEYS.get_or_init(RandomState::new).build_hasher();
+    h.write_u64(DRAWS.fetch_add(1, Ordering::Relaxed));
     (h.finish() >> 11) as f64 / (1u64 << 53) as f64
 }
 
@@ -600,31 +606,26 @@ impl Task {
             tokio::select! {
                 biased;
                 _ = closed(&mut self.closing) => {
-                    // Send what the application queued before closing, then close.
-                    while let Ok(command) = self.commands.try_recv() {
-                        if let Some(m) = self.apply(command) {
-                            if ws.feed(m).await.is_err() {
-                                return Ended::Closed;
-                            }
-                        }
-                    }
-                    let _ = tokio::time::timeout(Duration::from_secs(1), async {
-                        ws.close(Some(tungstenite::protocol::CloseFrame {
-                            code: tungstenite::protocol::frame::coding::CloseCode::Normal,
-                            reason: "".into(),
-                        }))
-                        .await?;
-                        while ws.next().await.is_some() {}
-                        Ok::<_, tungstenite::Error>(())
-                    })
-                    .await;
+                    self.close_socket(&mut ws).await;
                     return Ended::Closed;
                 }
                 command = self.commands.recv() => {
-                    let Some(command) = command else { return Ended::Closed };
-                    if let Some(m) = self.apply(command) {
-                        if ws.send(m).await.is_err() {
-                            return Ended::Lost;
+                    let Some(command) = command else {
+                        self.close_socket(&mut ws).await;
+                        return Ended::Closed;
+                    };
+                    let Some(m) = self.apply(command) else { continue };
+                    // A server that does not read must not keep `close` waiting.
+                    let sent = tokio::select! {
+                        sent = ws.send(m) => Some(sent.is_ok()),
+                        _ = closed(&mut self.closing) => None,
+                    };
+                    match sent {
+                        Some(true) => {}
+                        Some(false) => return Ended::Lost,
+                        None => {
+                            self.close_socket(&mut ws).await;
+                            return Ended::Closed;
                         }
                     }
                 }
@@ -643,12 +644,39 @@ impl Task {
                         }
                         None => return Ended::Lost,
                     };
-                    if self.inbound.send(message).await.is_err() {
+                    // While the application does not read, neither does the client (the
+                    // queue is bounded), but a close must still get through.
+                    let delivered = tokio::select! {
+                        sent = self.inbound.send(message) => sent.is_ok(),
+                        _ = closed(&mut self.closing) => false,
+                    };
+                    if !delivered {
+                        self.close_socket(&mut ws).await;
                         return Ended::Closed;
                     }
                 }
             }
         }
+    }
+
+    /// Sends what the application queued before closing, then closes with 1000 and waits for
+    /// the server's answer, all within [`CLOSE_TIMEOUT`].
+    async fn close_socket(&mut self, ws: &mut Socket) {
+        let closing = async {
+            while let Ok(command) = self.commands.try_recv() {
+                if let Some(m) = self.apply(command) {
+                    ws.feed(m).await?;
+                }
+            }
+            let normal = tungstenite::protocol::CloseFrame {
+                code: tungstenite::protocol::frame::coding::CloseCode::Normal,
+                reason: "".into(),
+            };
+            ws.close(Some(normal)).await?;
+            while ws.next().await.is_some() {}
+            Ok::<_, tungstenite::Error>(())
+        };
+        let _ = tokio::time::timeout(CLOSE_TIMEOUT, closing).await;
     }
 
     /// Updates the topic list for a command; the message to write, if any.

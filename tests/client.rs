@@ -256,3 +256,39 @@ async fn close_completes_the_close_handshake_and_stops() {
     assert_eq!(client.send("too late").await, Err(ClientClosed));
     server.stop().await;
 }
+
+// Two worker threads, so that the client's task reads the socket while the test waits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn close_gets_through_while_the_application_is_not_reading() {
+    let mut server = Server::start(([127, 0, 0, 1], 0).into(), false).await;
+    let client = Client::builder(server.url())
+        .queue_capacity(1)
+        .connect()
+        .await
+        .unwrap();
+    client.send("fill").await.unwrap();
+    assert_eq!(server.next().await, Seen::Text("fill".into()));
+    // The echo and these fill the one-message queue many times over; nobody reads them.
+    for i in 0..10 {
+        server.hub.broadcast(format!("unread {i}"));
+    }
+    // Wait until the server has written them all (a bounded poll of its counters), so the
+    // client's task is stuck on its full queue when the application closes.
+    // Server frames of fewer than 126 bytes have a 2-byte header.
+    let written = (2 + "fill".len() + 10 * (2 + "unread 0".len())) as u64;
+    timeout(WAIT, async {
+        while server.hub.stats().bytes_out < written {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .unwrap();
+    timeout(WAIT, client.close())
+        .await
+        .expect("close does not wait for the application to read");
+    match server.next().await {
+        Seen::Closed(reason) => assert!(reason.contains("closed by client: 1000"), "{reason}"),
+        other => panic!("expected the session to close, got {other:?}"),
+    }
+    server.stop().await;
+}
