@@ -71,7 +71,7 @@ impl Status {
             Status::InTransit => "in transit to",
             Status::OutForDelivery => "out for delivery in",
             Status::Delivered => "delivered in",
-            Status::Exception => "delayed (address check) in",
+            Status::Exception => "delayed (address check) on the way to",
         }
     }
 }
@@ -86,6 +86,16 @@ struct Parcel {
     at: &'static str,
     /// Milliseconds since the Unix epoch.
     updated: u64,
+}
+
+impl Parcel {
+    /// The depot the parcel's status refers to: where it is, or where it is going.
+    fn place(&self) -> &'static str {
+        match self.status {
+            Status::Received | Status::Sorted => self.from,
+            _ => self.to,
+        }
+    }
 }
 
 /// Parcels per status since the server started (delivered ones included).
@@ -253,7 +263,8 @@ impl Board {
             };
             p.at = match p.status {
                 Status::Received | Status::Sorted => p.from,
-                _ => p.to,
+                Status::InTransit | Status::Exception => "en route",
+                Status::OutForDelivery | Status::Delivered => p.to,
             };
             p.updated = now_ms();
             n
@@ -273,7 +284,7 @@ impl Board {
         *st.counts.slot(p.status) += 1;
         let line = FeedLine {
             t: p.updated,
-            text: format!("{} {} {}", p.id, p.status.describe(), p.at),
+            text: format!("{} {} {}", p.id, p.status.describe(), p.place()),
         };
         st.feed.push_front(line);
         st.feed.truncate(FEED_KEPT);
