@@ -26,6 +26,23 @@ pub(crate) struct Head {
     pub(crate) headers: HeaderMap,
 }
 
+impl Head {
+    /// The head of a request that another HTTP server (hyper, under axum) already parsed.
+    #[cfg(feature = "axum")]
+    pub(crate) fn from_parts(parts: http::request::Parts) -> Head {
+        Head {
+            method: parts.method,
+            target: parts
+                .uri
+                .path_and_query()
+                .cloned()
+                .unwrap_or_else(|| PathAndQuery::from_static("/")),
+            version: parts.version,
+            headers: parts.headers,
+        }
+    }
+}
+
 /// Why a handshake did not produce a session.
 pub(crate) enum Refused {
     /// Answer with this refusal, then close.
@@ -211,7 +228,14 @@ pub(crate) fn is_valid_key(key: &[u8]) -> bool {
         && b"AQgw".contains(&key[21])
 }
 
-fn upgrade_required(why: &'static str) -> Reject {
+/// Whether the request asks for a WebSocket upgrade at all (`Upgrade: websocket` and
+/// `Connection: upgrade`); other requests are plain HTTP.
+pub(crate) fn is_upgrade(headers: &HeaderMap) -> bool {
+    has_token(headers, header::UPGRADE, "websocket")
+        && has_token(headers, header::CONNECTION, "upgrade")
+}
+
+pub(crate) fn upgrade_required(why: &'static str) -> Reject {
     Reject::new(StatusCode::UPGRADE_REQUIRED)
         .with_body(why)
         .with_header("upgrade", "websocket")
@@ -229,7 +253,7 @@ pub(crate) async fn negotiate(
     peer: SocketAddr,
 ) -> Result<Accepted, Refused> {
     let h = &head.headers;
-    if !has_token(h, header::UPGRADE, "websocket") || !has_token(h, header::CONNECTION, "upgrade") {
+    if !is_upgrade(h) {
         let request = Request::new(head.method, head.target, head.headers, peer);
         if let Some(response) = core.handler.http(&request) {
             return Err(Refused::Answered(Reject::from_response(response)));
@@ -241,7 +265,13 @@ pub(crate) async fn negotiate(
 }
 
 /// Applies the handshake policy to a parsed request, running the handler's hooks.
-async fn policy(core: &Arc<Core>, head: Head, peer: SocketAddr) -> Result<Accepted, Reject> {
+/// The handshake policy for an upgrade request: protocol checks, capacity, origin,
+/// authorization, subprotocol.
+pub(crate) async fn policy(
+    core: &Arc<Core>,
+    head: Head,
+    peer: SocketAddr,
+) -> Result<Accepted, Reject> {
     let h = &head.headers;
     if head.method != Method::GET {
         return Err(Reject::new(StatusCode::METHOD_NOT_ALLOWED).with_header("allow", "GET"));

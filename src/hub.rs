@@ -482,7 +482,7 @@ impl Core {
 pub(crate) struct TaskGuard(Arc<Core>);
 
 impl TaskGuard {
-    fn new(core: &Arc<Core>) -> Self {
+    pub(crate) fn new(core: &Arc<Core>) -> Self {
         core.tasks.fetch_add(1, Ordering::AcqRel);
         TaskGuard(core.clone())
     }

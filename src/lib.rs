@@ -37,6 +37,14 @@
 //! }
 //! ```
 //!
+//! ## Features
+//!
+//! | Feature  | What it adds | Extra dependencies |
+//! |----------|--------------|--------------------|
+//! | *(none)* | [`Hub`], [`Handler`], [`Session`], [`Hub::serve`] on a `TcpListener`, [`Hub::accept`] on any byte stream, [`Handler::http`] for plain HTTP on the same port, [`Stats`] with [`Stats::to_prometheus`] | — |
+//! | `axum`   | [`axum::endpoint`] and [`axum::upgrade`]: mount the hub at a route of an axum 0.8 `Router`, so REST and push share one port | `axum`, `hyper`, `hyper-util` |
+//! | `client` | [`Client`]: a client that reconnects with exponential backoff and jitter, re-subscribes and exposes its state | `tokio-tungstenite` |
+//!
 //! ## The data path of one broadcast
 //!
 //! `hub.broadcast(msg)` ([`hub.rs`](Hub)) frames the message **once** into a shared
@@ -86,6 +94,11 @@
 #![deny(missing_docs)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+#[cfg(feature = "axum")]
+#[cfg_attr(docsrs, doc(cfg(feature = "axum")))]
+pub mod axum;
+#[cfg(feature = "client")]
+mod client;
 mod config;
 mod connection;
 mod error;
@@ -96,10 +109,14 @@ mod heartbeat;
 mod hub;
 mod message;
 mod outbox;
+mod prometheus;
 mod registry;
 mod session;
 mod stats;
 
+#[cfg(feature = "client")]
+#[cfg_attr(docsrs, doc(cfg(feature = "client")))]
+pub use client::{Client, ClientBuilder, ClientClosed, ClientState, ConnectError};
 pub use config::{Config, SlowConsumerPolicy};
 pub use error::{FullOutcome, SendError, TopicError, validate_topic};
 pub use handler::{CloseReason, Handler, Reject, Request};

@@ -1,0 +1,411 @@
+//! The dashboard example in a real browser: headless Chromium, driven over WebDriver
+//! (chromedriver) with fantoccini, against the example's own server code on a loopback port.
+//!
+//! Asserts what a person would check: the page fills itself by server push without any
+//! polling request; a message typed in one page appears in another; and after the server
+//! restarts on the same port, the page shows it is reconnecting, comes back with backoff and
+//! replaces its state with the new server's snapshot.
+//!
+//! Needs Debian's `chromium` and `chromium-driver` (or `CHROME` / `CHROMEDRIVER` pointing at a
+//! browser and its matching driver). Without them each test prints `SKIPPED` and passes,
+//! unless `WSHUB_REQUIRE_CHROMIUM=1`, which makes a missing browser a failure (CI sets it).
+use std::io::Write as _;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use fantoccini::{Client, ClientBuilder, Locator};
+use serde_json::{Value, json};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::net::TcpListener;
+use tokio::process::{Child, Command};
+use tokio::time::{Instant, timeout};
+
+#[path = "../examples/dashboard/board.rs"]
+mod board;
+
+/// How long any one thing may take: page load, an update, a reconnection.
+const WAIT: Duration = Duration::from_secs(15);
+/// Fast enough for quick tests, slow enough to leave the two cores to the browser.
+const TICK: Duration = Duration::from_millis(100);
+/// The flags that work on these machines (no sandbox: we run as root in a container).
+const FLAGS: [&str; 7] = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+];
+
+/// One browser at a time: the machine has two cores.
+static ONE_BROWSER: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// The browser and driver binaries, or `None` (after saying so loudly) when they are missing.
+fn chromium() -> Option<(PathBuf, PathBuf)> {
+    let find = |var: &str, names: &[&str]| -> Option<PathBuf> {
+        if let Some(path) = std::env::var_os(var) {
+            return Some(PathBuf::from(path)).filter(|p| p.is_file());
+        }
+        let path = std::env::var_os("PATH").unwrap_or_default();
+        let mut dirs: Vec<PathBuf> = std::env::split_paths(&path).collect();
+        dirs.push("/usr/bin".into());
+        names
+            .iter()
+            .flat_map(|name| dirs.iter().map(move |dir| dir.join(name)))
+            .find(|p| p.is_file())
+    };
+    let chrome = find("CHROME", &["chromium", "chromium-browser", "google-chrome"]);
+    let driver = find("CHROMEDRIVER", &["chromedriver"]);
+    match (chrome, driver) {
+        (Some(chrome), Some(driver)) => Some((chrome, driver)),
+        _ if std::env::var("WSHUB_REQUIRE_CHROMIUM").as_deref() == Ok("1") => {
+            panic!("WSHUB_REQUIRE_CHROMIUM=1 but no chromium and chromedriver were found")
+        }
+        _ => {
+            // Straight to the file descriptor: the test harness captures `eprintln!`.
+            let _ = writeln!(
+                std::io::stderr(),
+                "SKIPPED: no chromium found (apt-get install chromium chromium-driver)"
+            );
+            None
+        }
+    }
+}
+
+/// A chromedriver process and one browser session; the browser's windows are the pages.
+struct Browser {
+    client: Client,
+    driver: Child,
+    profile: PathBuf,
+}
+
+impl Browser {
+    async fn launch(chrome: &Path, driver: &Path) -> Browser {
+        static PROFILES: AtomicUsize = AtomicUsize::new(0);
+        let profile = std::env::temp_dir().join(format!(
+            "wshub-chromium-{}-{}",
+            std::process::id(),
+            PROFILES.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = std::fs::remove_dir_all(&profile);
+        std::fs::create_dir_all(&profile).unwrap();
+
+        // Port 0: chromedriver picks a free port and prints it.
+        let mut driver = Command::new(driver)
+            .arg("--port=0")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .process_group(0)
+            .spawn()
+            .expect("start chromedriver");
+        let stdout = driver.stdout.take().unwrap();
+        let port = timeout(WAIT, async {
+            let mut lines = BufReader::new(stdout).lines();
+            while let Some(line) = lines.next_line().await.unwrap() {
+                if let Some((_, port)) = line.split_once("started successfully on port ") {
+                    return port.trim_end_matches('.').parse::<u16>().unwrap();
+                }
+            }
+            panic!("chromedriver exited before it was ready");
+        })
+        .await
+        .expect("chromedriver ready in time");
+
+        let mut args: Vec<String> = FLAGS.iter().map(|f| f.to_string()).collect();
+        args.push(format!("--user-data-dir={}", profile.display()));
+        args.push("--window-size=1280,900".into());
+        let mut capabilities = serde_json::Map::new();
+        capabilities.insert(
+            "goog:chromeOptions".into(),
+            json!({ "binary": chrome, "args": args }),
+        );
+        let connector = hyper_util::client::legacy::connect::HttpConnector::new();
+        let client = timeout(
+            WAIT,
+            ClientBuilder::new(connector)
+                .capabilities(capabilities)
+                .connect(&format!("http://127.0.0.1:{port}")),
+        )
+        .await
+        .expect("browser session in time")
+        .expect("browser session");
+        Browser {
+            client,
+            driver,
+            profile,
+        }
+    }
+
+    /// Ends the session (chromedriver closes the browser), then the driver.
+    async fn quit(mut self) {
+        let _ = timeout(WAIT, self.client.clone().close()).await;
+        let _ = self.driver.kill().await;
+        let _ = std::fs::remove_dir_all(&self.profile);
+    }
+}
+
+impl Drop for Browser {
+    fn drop(&mut self) {
+        // After a failed assertion: take the browser down with the driver (its process group).
+        if let Some(pid) = self.driver.id() {
+            let _ = std::process::Command::new("kill")
+                .args(["-KILL", "--", &format!("-{pid}")])
+                .stderr(Stdio::null())
+                .status();
+        }
+        let _ = std::fs::remove_dir_all(&self.profile);
+    }
+}
+
+/// Starts the dashboard on `addr` (port 0 for a fresh one).
+async fn start_dashboard(addr: SocketAddr) -> (board::Server, SocketAddr) {
+    let listener = TcpListener::bind(addr).await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    (board::Server::start(listener, TICK), addr)
+}
+
+/// Evaluates `expression` in the page until it is truthy, within `WAIT`; returns its value.
+/// Polling the DOM like this is how a WebDriver test waits; nothing here sleeps to synchronise.
+async fn wait_until(page: &Client, what: &str, expression: &str) -> Value {
+    let deadline = Instant::now() + WAIT;
+    let script = format!("return ({expression});");
+    loop {
+        let value = page.execute(&script, vec![]).await.unwrap();
+        let done = match &value {
+            Value::Null => false,
+            Value::Bool(b) => *b,
+            Value::Number(n) => n.as_f64() != Some(0.0),
+            Value::String(s) => !s.is_empty(),
+            _ => true,
+        };
+        if done {
+            return value;
+        }
+        if Instant::now() >= deadline {
+            let status = page
+                .execute(
+                    "return document.getElementById('conn').innerText + ' ' + JSON.stringify(window.dashboard && window.dashboard.stats);",
+                    vec![],
+                )
+                .await
+                .unwrap();
+            panic!("timed out waiting for {what}; the page shows {status}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn text_of(page: &Client, id: &str) -> String {
+    page.find(Locator::Id(id))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
+/// Opens the dashboard in the current window and waits until it shows a snapshot.
+async fn open_dashboard(page: &Client, addr: SocketAddr) {
+    page.goto(&format!("http://{addr}/")).await.unwrap();
+    wait_until(
+        page,
+        "the socket to open and the snapshot to arrive",
+        "document.getElementById('conn-state').textContent === 'OPEN' && window.dashboard.stats.snapshots === 1",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn the_page_is_updated_by_server_push_without_polling() {
+    let Some((chrome, driver)) = chromium() else {
+        return;
+    };
+    let _one = ONE_BROWSER.lock().await;
+    let (server, addr) = start_dashboard(([127, 0, 0, 1], 0).into()).await;
+    let browser = Browser::launch(&chrome, &driver).await;
+    let page = &browser.client;
+    open_dashboard(page, addr).await;
+
+    assert_eq!(
+        page.execute("return window.dashboard.readyState", vec![])
+            .await
+            .unwrap(),
+        1
+    );
+    let before = page
+        .execute(
+            "return [window.dashboard.board.seq, window.dashboard.stats.updates]",
+            vec![],
+        )
+        .await
+        .unwrap();
+    let (first_seq, first_updates) = (before[0].as_u64().unwrap(), before[1].as_u64().unwrap());
+    wait_until(
+        page,
+        "ten more pushed updates",
+        &format!("window.dashboard.stats.updates >= {first_updates} + 10"),
+    )
+    .await;
+    let seq: u64 = text_of(page, "seq").await.parse().unwrap();
+    assert!(
+        seq >= first_seq + 10,
+        "the version shown went from {first_seq} to {seq}"
+    );
+    // The warm-up filled the board: rows and feed lines are on screen.
+    let rows = page.find_all(Locator::Css("#parcels tr")).await.unwrap();
+    assert!(rows.len() >= 5, "{} parcel rows", rows.len());
+    let feed = text_of(page, "feed").await;
+    assert!(feed.contains("PX-"), "feed: {feed}");
+    // No polling: after the document itself the page made no HTTP request at all (no fetch,
+    // no XHR, no script or image); everything came over the one WebSocket.
+    let requests = page
+        .execute(
+            "return performance.getEntriesByType('resource').map(e => e.name)",
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert_eq!(requests, json!([]), "requests besides the WebSocket");
+    assert_eq!(server.hub.session_count(), 1);
+
+    browser.quit().await;
+    server.stop(Duration::from_secs(1)).await;
+}
+
+#[tokio::test]
+async fn a_message_typed_in_one_page_appears_in_another() {
+    let Some((chrome, driver)) = chromium() else {
+        return;
+    };
+    let _one = ONE_BROWSER.lock().await;
+    let (server, addr) = start_dashboard(([127, 0, 0, 1], 0).into()).await;
+    let browser = Browser::launch(&chrome, &driver).await;
+    let page = &browser.client;
+    let first = page.window().await.unwrap();
+    open_dashboard(page, addr).await;
+    let second = page.new_window(false).await.unwrap().handle;
+    page.switch_to_window(second.clone()).await.unwrap();
+    open_dashboard(page, addr).await;
+    wait_until(
+        page,
+        "two pages online",
+        "document.getElementById('online').textContent === '2'",
+    )
+    .await;
+
+    // Type into the first page, as a person would, and press Send.
+    page.switch_to_window(first).await.unwrap();
+    let words = format!("dock 4 is free ({})", std::process::id());
+    page.find(Locator::Id("chat-input"))
+        .await
+        .unwrap()
+        .send_keys(&words)
+        .await
+        .unwrap();
+    page.find(Locator::Id("chat-send"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    let input = page.find(Locator::Id("chat-input")).await.unwrap();
+    assert_eq!(input.prop("value").await.unwrap().as_deref(), Some(""));
+
+    page.switch_to_window(second).await.unwrap();
+    let shown = wait_until(
+        page,
+        "the message in the second page",
+        &format!(
+            "[...document.querySelectorAll('#chat-log li')].map(li => li.textContent).find(t => t.includes({}))",
+            json!(words)
+        ),
+    )
+    .await;
+    assert!(
+        shown.as_str().unwrap().contains("guest "),
+        "author shown: {shown}"
+    );
+    assert_eq!(server.hub.session_count(), 2);
+
+    browser.quit().await;
+    server.stop(Duration::from_secs(1)).await;
+}
+
+#[tokio::test]
+async fn the_page_reconnects_and_catches_up_after_a_server_restart() {
+    let Some((chrome, driver)) = chromium() else {
+        return;
+    };
+    let _one = ONE_BROWSER.lock().await;
+    let (server, addr) = start_dashboard(([127, 0, 0, 1], 0).into()).await;
+    let browser = Browser::launch(&chrome, &driver).await;
+    let page = &browser.client;
+    open_dashboard(page, addr).await;
+    let first_boot = text_of(page, "boot").await;
+    page.find(Locator::Id("chat-input"))
+        .await
+        .unwrap()
+        .send_keys("said before the restart")
+        .await
+        .unwrap();
+    page.find(Locator::Id("chat-send"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    wait_until(
+        page,
+        "the chat line",
+        "document.getElementById('chat-log').textContent.includes('said before the restart')",
+    )
+    .await;
+
+    // The server goes away (close 1001 to the page), and stays away for a while: the page
+    // shows it and keeps trying, with growing delays.
+    server.stop(Duration::from_secs(1)).await;
+    wait_until(
+        page,
+        "the page to notice and retry at least twice",
+        "document.getElementById('conn-state').textContent !== 'OPEN' && window.dashboard.stats.reconnects >= 2",
+    )
+    .await;
+    let detail = text_of(page, "conn-detail").await;
+    assert!(detail.contains("retry"), "connection detail: {detail:?}");
+
+    // A new server on the same port: the page comes back by itself and replaces its state
+    // with the new snapshot (new server id, the old chat gone), then updates flow again.
+    let (server, _) = start_dashboard(addr).await;
+    wait_until(
+        page,
+        "the page to reconnect and take the new snapshot",
+        "document.getElementById('conn-state').textContent === 'OPEN' && window.dashboard.stats.snapshots === 2",
+    )
+    .await;
+    let second_boot = text_of(page, "boot").await;
+    assert_ne!(first_boot, second_boot, "the page shows the new server");
+    let chat = text_of(page, "chat-log").await;
+    assert!(
+        !chat.contains("said before the restart"),
+        "stale chat: {chat}"
+    );
+    let updates = page
+        .execute("return window.dashboard.stats.updates", vec![])
+        .await
+        .unwrap();
+    wait_until(
+        page,
+        "updates after the restart",
+        &format!("window.dashboard.stats.updates >= {} + 3", updates),
+    )
+    .await;
+    assert_eq!(server.hub.session_count(), 1);
+
+    browser.quit().await;
+    server.stop(Duration::from_secs(1)).await;
+}
