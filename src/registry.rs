@@ -39,6 +39,7 @@ impl Hasher for IdHasher {
 }
 
 type IdMap<V> = HashMap<SessionId, V, BuildHasherDefault<IdHasher>>;
+type TopicMap = HashMap<Arc<str>, Members>;
 
 /// A set of sessions that iterates as a dense vector.
 #[derive(Default)]
@@ -107,7 +108,7 @@ pub(crate) struct Registry {
     node: u64,
     next_seq: AtomicU64,
     sessions: Box<[RwLock<Members>]>,
-    topics: Box<[RwLock<HashMap<Arc<str>, Members>>]>,
+    topics: Box<[RwLock<TopicMap>]>,
     /// Sessions admitted (including those between the capacity check and registration).
     admitted: AtomicUsize,
     /// Sessions admitted per client IP (loopback peers are not counted).
