@@ -121,7 +121,10 @@ fn bad_request(why: &'static str) -> Reject {
     Reject::new(StatusCode::BAD_REQUEST).with_body(why)
 }
 
-#[allow(clippy::result_large_err, reason = "built once per upgrade request, not on a hot path")]
+#[allow(
+    clippy::result_large_err,
+    reason = "built once per upgrade request, not on a hot path"
+)]
 fn to_head(req: &httparse::Request<'_, '_>) -> Result<Head, Reject> {
     let method = Method::from_bytes(req.method.unwrap_or("").as_bytes())
         .map_err(|_| bad_request("bad method"))?;
