@@ -80,7 +80,7 @@
 //! ## Scale-out
 //!
 //! Several hubs behind a load balancer share broadcasts, topic publishes, `send_to` and
-//! `close` through a [`Backplane`]; with the `redis` feature, [`RedisBackplane`] does it
+//! `close` through a [`Backplane`]; with the `redis` feature, `RedisBackplane` does it
 //! through Redis pub/sub. Each node still delivers to its own sessions at once; the backplane
 //! carries one envelope per message to the other nodes, which deliver it through the same
 //! bounded queues. Without the feature nothing of Redis is compiled.
@@ -109,6 +109,8 @@ mod registry;
 mod session;
 mod stats;
 
+#[cfg(feature = "redis")]
+pub use backplane::redis::{RedisBackplane, RedisConfig, RedisStats};
 pub use backplane::{
     Action, Backplane, BackplaneError, ClusterCount, Envelope, EnvelopeError, LocalNode, Remote,
     Route,

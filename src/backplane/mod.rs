@@ -7,26 +7,13 @@
 //! another node delivers it through the same data path as a local broadcast: framed once, then
 //! pushed into each matching session's bounded outbox, under the same slow-consumer policy.
 //!
-//! This module has no dependency on Redis; [`RedisBackplane`](crate::RedisBackplane) (feature
+//! This module has no dependency on Redis; `RedisBackplane` (feature
 //! `redis`) is the implementation wshub ships.
 //!
-//! # The envelope (version 1)
-//!
-//! All integers are big-endian. 14 bytes of header, then the topic, then the payload:
-//!
-//! | offset | size | field |
-//! |-------:|-----:|-------|
-//! | 0 | 1 | format version: `1` |
-//! | 1 | 1 | kind: `1` broadcast, `2` publish, `3` send to one session, `4` close one session |
-//! | 2 | 1 | WebSocket opcode of the message: `1` text, `2` binary (`0` for close) |
-//! | 3 | 2 | origin node number |
-//! | 5 | 8 | session id: the one left out (broadcast, publish; `0` for none) or the target (send, close) |
-//! | 13 | 1 | topic length `n`, 0 to 255 (0 unless publish) |
-//! | 14 | n | topic, UTF-8 |
-//! | 14 + n | rest | payload: the message bytes; for close, the close code (2 bytes) then the UTF-8 reason |
-//!
-//! A receiver refuses (and logs) an envelope of another version, so nodes of different
-//! versions never misread each other's messages during a rolling upgrade.
+//! The wire format of the envelope is documented on [`Envelope`].
+
+#[cfg(feature = "redis")]
+pub(crate) mod redis;
 
 use std::sync::{Arc, Weak};
 
@@ -55,7 +42,7 @@ use crate::session::SessionId;
 /// - not hand a node's own envelopes back to it (or let [`LocalNode::deliver`] skip them,
 ///   which it does).
 ///
-/// [`RedisBackplane`](crate::RedisBackplane) is the implementation wshub ships. A minimal one,
+/// `RedisBackplane` (feature `redis`) is the implementation wshub ships. A minimal one,
 /// that only shows the shape:
 ///
 /// ```
@@ -98,7 +85,7 @@ pub trait Backplane: Send + Sync + 'static {
     /// [`HubBuilder::build`](crate::HubBuilder::build).
     fn attach(&self, node: LocalNode);
 
-    /// Queues `envelope` (see the [module docs](self) for its format) for the other nodes that
+    /// Queues `envelope` (see [`Envelope`] for its format) for the other nodes that
     /// have interest in `route`.
     ///
     /// # Return
@@ -239,10 +226,28 @@ pub enum EnvelopeError {
     Malformed(&'static str),
 }
 
-/// One message between nodes, decoded. The [module docs](self) give the wire format.
+/// One message between nodes, decoded.
 ///
 /// Hubs encode envelopes themselves; this type is for backplane implementations and tools
 /// that want to look inside one.
+///
+/// # Wire format (version 1)
+///
+/// All integers are big-endian. 14 bytes of header, then the topic, then the payload:
+///
+/// | offset | size | field |
+/// |-------:|-----:|-------|
+/// | 0 | 1 | format version: `1` |
+/// | 1 | 1 | kind: `1` broadcast, `2` publish, `3` send to one session, `4` close one session |
+/// | 2 | 1 | WebSocket opcode of the message: `1` text, `2` binary (`0` for close) |
+/// | 3 | 2 | origin node number |
+/// | 5 | 8 | session id: the one left out (broadcast, publish; `0` for none) or the target (send, close) |
+/// | 13 | 1 | topic length `n`, 0 to 255 (0 unless publish) |
+/// | 14 | n | topic, UTF-8 |
+/// | 14 + n | rest | payload: the message bytes; for close, the close code (2 bytes) then the UTF-8 reason |
+///
+/// A receiver refuses (and logs) an envelope of another version, so nodes of different
+/// versions never misread each other's messages during a rolling upgrade.
 ///
 /// ```
 /// use wshub::{Action, Envelope, Message};
