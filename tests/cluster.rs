@@ -397,3 +397,36 @@ async fn redis_outage_keeps_local_delivery_and_recovers_by_itself() {
     a.stop().await;
     b.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_node_never_takes_a_live_nodes_number() {
+    let Some(redis) = Redis::any("a_new_node_never_takes_a_live_nodes_number") else {
+        return;
+    };
+    let prefix = redis.prefix("numbers");
+    let a = Node::start(&redis, fast_config(&prefix)).await;
+    // What a Redis restart without persistence does to A's number: the lease and the counter
+    // are gone, so the next INCR hands out A's number again.
+    let _: i64 = redis::cmd("DEL")
+        .arg(format!("{prefix}:lease:{}", a.node_id()))
+        .arg(format!("{prefix}:node-seq"))
+        .query(&mut redis.conn())
+        .unwrap();
+    let b = Node::start(&redis, fast_config(&prefix)).await;
+    assert_ne!(
+        a.node_id(),
+        b.node_id(),
+        "A still listens on its node channel"
+    );
+    // A takes its lease back at its next heartbeat.
+    wait_until("A renews its lease", || async {
+        redis::cmd("EXISTS")
+            .arg(format!("{prefix}:lease:{}", a.node_id()))
+            .query::<i64>(&mut redis.conn())
+            .unwrap()
+            == 1
+    })
+    .await;
+    a.stop().await;
+    b.stop().await;
+}

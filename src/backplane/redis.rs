@@ -396,7 +396,8 @@ impl RedisBackplane {
     ///
     /// Node numbers come from `INCR` on the `node-seq` key (taken modulo 65,535, from 1), and
     /// are claimed with `SET NX` on the number's lease key, so a number held by a live node is
-    /// skipped.
+    /// skipped; so is a number whose node channel still has a subscriber (a live node whose
+    /// lease was lost when Redis restarted without persistence).
     ///
     /// # Errors
     /// [`BackplaneError::Connection`] when Redis cannot be reached or refuses;
@@ -636,9 +637,28 @@ async fn claim_node(
             .query_async(conn)
             .await
             .map_err(connection_error)?;
-        if claimed.is_some() {
+        if claimed.is_none() {
+            continue;
+        }
+        // A live node whose lease was lost (Redis restarted without persistence) is still
+        // subscribed to its channel, or will be again within its reconnection backoff: leave
+        // its number alone.
+        let (_, listeners): (String, u64) = r::cmd("PUBSUB")
+            .arg("NUMSUB")
+            .arg(names.node(node))
+            .query_async(conn)
+            .await
+            .map_err(connection_error)?;
+        if listeners == 0 {
             return Ok(node);
         }
+        let _: i64 = r::Script::new(RELEASE_LEASE)
+            .key(names.lease(node))
+            .key(names.counts(node))
+            .arg(token)
+            .invoke_async(conn)
+            .await
+            .map_err(connection_error)?;
     }
     Err(BackplaneError::NoNodeNumber)
 }
