@@ -153,8 +153,8 @@ impl RedisConfig {
 
 /// A snapshot of a [`RedisBackplane`]'s counters, from [`RedisBackplane::stats`].
 ///
-/// Every message the hub handed over ends up in exactly one of `published`, `failed_down`,
-/// `failed_full` or `lost`.
+/// Until [`close`](RedisBackplane::close), every message the hub handed over ends up in exactly
+/// one of `published`, `failed_down`, `failed_full` or `lost`.
 ///
 /// ```no_run
 /// # fn f(backplane: &wshub::RedisBackplane) {
@@ -1077,7 +1077,9 @@ async fn subscribed(
 }
 
 fn receive(shared: &Shared, envelope: &[u8], channel: &str) {
-    if envelope.get(3..5) == Some(&shared.node.to_be_bytes()[..]) && envelope.first() == Some(&1) {
+    let own = envelope.first() == Some(&super::VERSION)
+        && envelope.get(3..5) == Some(&shared.node.to_be_bytes()[..]);
+    if own {
         return; // our own, back from the broadcast or a topic channel
     }
     let Some(local) = shared.local.get() else {
