@@ -28,6 +28,46 @@ pub enum SendError {
         /// What the policy did.
         outcome: FullOutcome,
     },
+    /// The session belongs to another node of the cluster and the message could not be handed
+    /// to the [`Backplane`](crate::Backplane) for it: see [`RemoteError`] for why. Nothing was
+    /// sent. Retry later, or tell the caller the message was not delivered.
+    #[error("session {id} is on another node, which could not be reached: {error}")]
+    Remote {
+        /// The session.
+        id: SessionId,
+        /// Why the backplane did not take the message.
+        error: RemoteError,
+    },
+}
+
+/// Why a message for other nodes was not handed to the [`Backplane`](crate::Backplane).
+///
+/// Found in [`Remote::Failed`](crate::Remote::Failed) (the `remote` field of a
+/// [`Delivery`](crate::Delivery)) and in [`SendError::Remote`]. The sessions of this node got
+/// the message all the same; the other nodes did not.
+///
+/// ```
+/// # fn f(hub: &wshub::Hub) {
+/// if let wshub::Remote::Failed(why) = hub.broadcast("tick").remote {
+///     eprintln!("other nodes missed a tick: {why}");
+/// }
+/// # }
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum RemoteError {
+    /// The backplane has lost its connection (Redis is down or unreachable) and is
+    /// reconnecting. Messages are not queued while it is down: they would arrive late, if at
+    /// all.
+    #[error("backplane down")]
+    Down,
+    /// The backplane's outbound queue is full: it cannot publish as fast as the application
+    /// sends. Send less, or give the backplane a larger queue.
+    #[error("backplane queue full")]
+    Full,
+    /// The backplane was closed.
+    #[error("backplane closed")]
+    Closed,
 }
 
 /// What the slow-consumer policy did when a session's queue was full.

@@ -12,6 +12,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio::sync::{Notify, watch};
 
+use crate::backplane::{self, Backplane, Remote};
 use crate::config::Config;
 use crate::error::{FullOutcome, SendError, TopicError};
 use crate::frame;
@@ -53,10 +54,11 @@ pub struct Hub {
     pub(crate) core: Arc<Core>,
 }
 
-/// What a broadcast or publish did, counted per recipient.
+/// What a broadcast or publish did, counted per recipient on this node, and what became of
+/// it for the other nodes of a cluster (`remote`).
 ///
-/// Nothing is lost without being counted: every matching session is either in `queued`,
-/// `dropped` or `disconnected`.
+/// Nothing is lost without being counted: every matching session of this node is either in
+/// `queued`, `dropped` or `disconnected`; the sessions of other nodes are counted there.
 ///
 /// ```
 /// # fn f(hub: &wshub::Hub) {
@@ -79,6 +81,10 @@ pub struct Delivery {
     /// Recipients closed with 1008 under
     /// [`Disconnect`](crate::SlowConsumerPolicy::Disconnect) because their queue was full.
     pub disconnected: usize,
+    /// Whether the message was handed to the [`Backplane`] for the other nodes:
+    /// [`Remote::NotConfigured`] on a hub without one, [`Remote::Failed`] when the other nodes
+    /// will not get it.
+    pub remote: Remote,
 }
 
 /// Builds a [`Hub`] with a [`Config`].
@@ -96,6 +102,7 @@ pub struct HubBuilder {
     handler: Arc<dyn Handler>,
     config: Config,
     node: u16,
+    backplane: Option<Arc<dyn Backplane>>,
 }
 
 impl HubBuilder {
@@ -112,12 +119,37 @@ impl HubBuilder {
         self
     }
 
+    /// Makes this hub one node of a cluster: broadcasts, topic publishes, and `send_to` or
+    /// `close` for sessions of other nodes go through `backplane` too, and what other nodes
+    /// send arrives through it. Sets the [node id](Self::node_id) to the backplane's
+    /// [`node_id`](Backplane::node_id). Default: none, a single node.
+    ///
+    /// One backplane serves one hub.
+    ///
+    /// ```no_run
+    /// # #[cfg(feature = "redis")]
+    /// # async fn f() -> Result<(), wshub::BackplaneError> {
+    /// # struct App;
+    /// # impl wshub::Handler for App {}
+    /// use std::sync::Arc;
+    /// let backplane = Arc::new(wshub::RedisBackplane::connect("redis://127.0.0.1/").await?);
+    /// let hub = wshub::Hub::builder(App).backplane(backplane.clone()).build();
+    /// # Ok(()) }
+    /// ```
+    pub fn backplane(mut self, backplane: Arc<dyn Backplane>) -> Self {
+        self.node = backplane.node_id();
+        self.backplane = Some(backplane);
+        self
+    }
+
     /// Builds the hub. No task is started until the first session opens.
     pub fn build(self) -> Hub {
         let (stop, _) = watch::channel(false);
-        Hub {
+        let hook = backplane::interest_hook(&self.backplane);
+        let hub = Hub {
             core: Arc::new(Core {
-                registry: Registry::new(self.node),
+                registry: Registry::new(self.node).with_interest_hook(hook),
+                backplane: self.backplane,
                 counters: Arc::default(),
                 config: self.config,
                 handler: self.handler,
@@ -129,7 +161,9 @@ impl HubBuilder {
                 tasks_idle: Notify::new(),
                 timer: Once::new(),
             }),
-        }
+        };
+        backplane::attach(&hub.core);
+        hub
     }
 }
 
@@ -145,6 +179,7 @@ impl Hub {
             handler: Arc::new(handler),
             config: Config::default(),
             node: 0,
+            backplane: None,
         }
     }
 
@@ -211,6 +246,11 @@ impl Hub {
     /// that its queue was full and what the [`SlowConsumerPolicy`](crate::SlowConsumerPolicy)
     /// did ([`SendError::Full`]).
     ///
+    /// With a [`Backplane`], an id of another node's session is forwarded to that node: `Ok`
+    /// then means handed to the backplane (forwarded), and [`SendError::Remote`] that the
+    /// backplane is down or full. What the owning node then finds (the session gone, its
+    /// queue full) is not reported back.
+    ///
     /// ```
     /// # fn f(hub: &wshub::Hub, id: wshub::SessionId) {
     /// match hub.send_to(id, "your order shipped") {
@@ -221,7 +261,11 @@ impl Hub {
     /// # }
     /// ```
     pub fn send_to(&self, id: SessionId, message: impl Into<Message>) -> Result<(), SendError> {
-        let frame = frame::encode_message(&message.into());
+        let message = message.into();
+        if let Some(forwarded) = backplane::send_to(&self.core, id, &message) {
+            return forwarded;
+        }
+        let frame = frame::encode_message(&message);
         match self.core.registry.with(id, |s| s.outbox.push(frame)) {
             Some(pushed) => self.core.push_result(id, pushed),
             None => Err(SendError::NotFound(id)),
@@ -231,19 +275,24 @@ impl Hub {
     /// Queues `message` for every session. The frame is built once and shared.
     ///
     /// # Return
-    /// The per-recipient counts; see [`Delivery`].
+    /// The per-recipient counts of this node, and whether the other nodes' part was handed to
+    /// the backplane; see [`Delivery`].
     pub fn broadcast(&self, message: impl Into<Message>) -> Delivery {
-        let frame = frame::encode_message(&message.into());
-        let report = self.core.registry.deliver_all(&frame, None);
+        let message = message.into();
+        let frame = frame::encode_message(&message);
+        let mut report = self.core.registry.deliver_all(&frame, None);
         self.core.counters.delivery(&report);
+        report.remote = backplane::broadcast(&self.core, None, &message);
         report
     }
 
     /// Queues `message` for every session but `except` (typically the sender).
     pub fn broadcast_except(&self, except: SessionId, message: impl Into<Message>) -> Delivery {
-        let frame = frame::encode_message(&message.into());
-        let report = self.core.registry.deliver_all(&frame, Some(except));
+        let message = message.into();
+        let frame = frame::encode_message(&message);
+        let mut report = self.core.registry.deliver_all(&frame, Some(except));
         self.core.counters.delivery(&report);
+        report.remote = backplane::broadcast(&self.core, Some(except), &message);
         report
     }
 
@@ -256,9 +305,11 @@ impl Hub {
     /// # }
     /// ```
     pub fn publish(&self, topic: &str, message: impl Into<Message>) -> Delivery {
-        let frame = frame::encode_message(&message.into());
-        let report = self.core.registry.deliver_topic(topic, &frame, None);
+        let message = message.into();
+        let frame = frame::encode_message(&message);
+        let mut report = self.core.registry.deliver_topic(topic, &frame, None);
         self.core.counters.delivery(&report);
+        report.remote = backplane::publish(&self.core, topic, &message);
         report
     }
 
@@ -279,10 +330,20 @@ impl Hub {
     /// Closes session `id` with `code` and `reason` once the messages already queued for it are
     /// written. [`Handler::on_close`] follows when the client answers or `close_timeout` passes.
     ///
+    /// With a [`Backplane`], an id of another node's session is forwarded to that node, with
+    /// the same meaning of `Ok` and [`SendError::Remote`] as for [`send_to`](Self::send_to).
+    ///
     /// # Errors
     /// [`SendError::NotFound`], [`SendError::Closing`] when it is already closing, and
     /// [`SendError::InvalidCloseCode`] for a code that may not be sent.
     pub fn close(&self, id: SessionId, code: CloseCode, reason: &str) -> Result<(), SendError> {
+        if !code.is_sendable() {
+            return Err(SendError::InvalidCloseCode(code));
+        }
+        let frame = CloseFrame::new(code, reason);
+        if let Some(forwarded) = backplane::close(&self.core, id, &frame) {
+            return forwarded;
+        }
         let s = self.core.registry.get(id).ok_or(SendError::NotFound(id))?;
         self.core.close_by_app(&s, code, reason)
     }
@@ -401,6 +462,7 @@ pub(crate) struct Core {
     pub(crate) handler: Arc<dyn Handler>,
     pub(crate) registry: Registry,
     pub(crate) counters: Arc<Counters>,
+    pub(crate) backplane: Option<Arc<dyn Backplane>>,
     epoch: Instant,
     stop: watch::Sender<bool>,
     shutting_down: AtomicBool,

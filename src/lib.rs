@@ -85,6 +85,14 @@
 //! otherwise). Protocol errors close with 1002, invalid UTF-8 with 1007. A client that floods
 //! pings without reading gets one pong for the latest ping, not one per ping.
 //!
+//! ## Scale-out
+//!
+//! Several hubs behind a load balancer share broadcasts, topic publishes, `send_to` and
+//! `close` through a [`Backplane`]; with the `redis` feature, `RedisBackplane` does it
+//! through Redis pub/sub. Each node still delivers to its own sessions at once; the backplane
+//! carries one envelope per message to the other nodes, which deliver it through the same
+//! bounded queues. Without the feature nothing of Redis is compiled.
+//!
 //! ## Shutdown and cancellation
 //!
 //! [`Hub::shutdown`] stops accepting, sends close 1001 to every session behind what it has
@@ -97,6 +105,7 @@
 #[cfg(feature = "axum")]
 #[cfg_attr(docsrs, doc(cfg(feature = "axum")))]
 pub mod axum;
+mod backplane;
 #[cfg(feature = "client")]
 mod client;
 mod config;
@@ -114,11 +123,17 @@ mod registry;
 mod session;
 mod stats;
 
+#[cfg(feature = "redis")]
+pub use backplane::redis::{RedisBackplane, RedisConfig, RedisStats};
+pub use backplane::{
+    Action, Backplane, BackplaneError, ClusterCount, Envelope, EnvelopeError, LocalNode, Remote,
+    Route,
+};
 #[cfg(feature = "client")]
 #[cfg_attr(docsrs, doc(cfg(feature = "client")))]
 pub use client::{Client, ClientBuilder, ClientClosed, ClientState, ConnectError};
 pub use config::{Config, SlowConsumerPolicy};
-pub use error::{FullOutcome, SendError, TopicError, validate_topic};
+pub use error::{FullOutcome, RemoteError, SendError, TopicError, validate_topic};
 pub use handler::{CloseReason, Handler, Reject, Request};
 pub use hub::{Delivery, Hub, HubBuilder};
 pub use message::{CloseCode, CloseFrame, Message, Text};

@@ -106,8 +106,13 @@ pub(crate) enum Refusal {
     PerIp,
 }
 
+/// Called with a topic that gained its first subscriber or lost its last (the backplane's
+/// interest routing). It runs under the topic's shard lock, so it must only note the topic.
+pub(crate) type InterestHook = Box<dyn Fn(&str) + Send + Sync>;
+
 pub(crate) struct Registry {
     node: u64,
+    interest: Option<InterestHook>,
     next_seq: AtomicU64,
     sessions: Box<[RwLock<Members>]>,
     topics: Box<[RwLock<TopicShard>]>,
@@ -139,12 +144,24 @@ impl Registry {
     pub(crate) fn new(node: u16) -> Self {
         Registry {
             node: u64::from(node) << 48,
+            interest: None,
             next_seq: AtomicU64::new(1),
             sessions: (0..SHARDS).map(|_| RwLock::default()).collect(),
             topics: (0..SHARDS).map(|_| RwLock::default()).collect(),
             admitted: AtomicUsize::new(0),
             per_ip: Mutex::default(),
             len: AtomicUsize::new(0),
+        }
+    }
+
+    pub(crate) fn with_interest_hook(mut self, hook: Option<InterestHook>) -> Self {
+        self.interest = hook;
+        self
+    }
+
+    fn interest_changed(&self, topic: &str) {
+        if let Some(hook) = &self.interest {
+            hook(topic);
         }
     }
 
@@ -272,7 +289,10 @@ impl Registry {
         let mut shard = write(&self.topics[topic_shard(topic)]);
         let key = match shard.get_key_value(topic) {
             Some((k, _)) => k.clone(),
-            None => Arc::from(topic),
+            None => {
+                self.interest_changed(topic);
+                Arc::from(topic)
+            }
         };
         shard.entry(key.clone()).or_default().insert(s.clone());
         mine.list.push(key);
@@ -296,6 +316,7 @@ impl Registry {
             members.remove(id);
             if members.len() == 0 {
                 shard.remove(topic);
+                self.interest_changed(topic);
             }
         }
     }
