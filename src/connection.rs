@@ -271,7 +271,7 @@ struct Connection<S> {
 impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
     fn new(io: S, session: Arc<SessionInner>, core: Arc<Core>, input: Bytes) -> Self {
         let tokens = f64::from(core_rate(&core));
-        let refilled_at = core.now_ms();
+        let refilled_at = core.coarse_ms();
         Connection {
             io,
             decoder: Decoder::new(core.config.max_message_size),
@@ -302,7 +302,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
         self.session.in_handler.store(true, Ordering::Release);
         let done = |this: &mut Self, driven: Driven| {
             let s = &this.session;
-            s.last_seen.store(this.core.now_ms(), Ordering::Release);
+            s.last_seen.store(this.core.coarse_ms(), Ordering::Release);
             s.in_handler.store(false, Ordering::Release);
             Poll::Ready(driven)
         };
@@ -485,7 +485,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
                 }
                 self.session
                     .last_seen
-                    .store(self.core.now_ms(), Ordering::Release);
+                    .store(self.core.coarse_ms(), Ordering::Release);
                 match self.decode_from(&buf[..n]) {
                     Decoded::Message(m, used) => {
                         self.input = Bytes::copy_from_slice(&buf[used..n]);
@@ -547,7 +547,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
         let Some(rate) = self.core.config.max_messages_per_second else {
             return true;
         };
-        let now = self.core.now_ms();
+        let now = self.core.coarse_ms();
         let elapsed = now.saturating_sub(self.refilled_at);
         self.refilled_at = now;
         let rate = f64::from(rate);

@@ -25,7 +25,7 @@ pub(crate) async fn run(core: Weak<Core>) {
 
 fn sweep(core: &Arc<Core>) {
     let cfg = &core.config;
-    let now = core.now_ms();
+    let now = core.tick();
     let ping_interval = cfg.ping_interval.map(|d| d.as_millis() as u64);
     let ping_timeout = cfg.ping_timeout.as_millis() as u64;
     let idle = cfg.idle_timeout.map(|d| d.as_millis() as u64);

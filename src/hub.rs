@@ -154,6 +154,7 @@ impl HubBuilder {
                 config: self.config,
                 handler: self.handler,
                 epoch: Instant::now(),
+                clock_ms: std::sync::atomic::AtomicU64::new(1),
                 stop,
                 shutting_down: AtomicBool::new(false),
                 shutdown_deadline_ms: std::sync::atomic::AtomicU64::new(0),
@@ -464,6 +465,7 @@ pub(crate) struct Core {
     pub(crate) counters: Arc<Counters>,
     pub(crate) backplane: Option<Arc<dyn Backplane>>,
     epoch: Instant,
+    clock_ms: std::sync::atomic::AtomicU64,
     stop: watch::Sender<bool>,
     shutting_down: AtomicBool,
     shutdown_deadline_ms: std::sync::atomic::AtomicU64,
@@ -476,6 +478,20 @@ impl Core {
     /// Milliseconds since the hub was built, plus one (0 means "never").
     pub(crate) fn now_ms(&self) -> u64 {
         self.epoch.elapsed().as_millis() as u64 + 1
+    }
+
+    /// [`now_ms`](Self::now_ms) as of the heartbeat timer's last tick (a quarter of the
+    /// shortest timeout, at most a second, behind): free to read on every message, and
+    /// precise enough for liveness and the inbound rate limit.
+    pub(crate) fn coarse_ms(&self) -> u64 {
+        self.clock_ms.load(Ordering::Relaxed)
+    }
+
+    /// Advances the coarse clock (the heartbeat timer, on every tick).
+    pub(crate) fn tick(&self) -> u64 {
+        let now = self.now_ms();
+        self.clock_ms.store(now, Ordering::Relaxed);
+        now
     }
 
     pub(crate) fn is_shutting_down(&self) -> bool {

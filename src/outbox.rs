@@ -6,6 +6,7 @@
 //! drains everything queued into one buffer and writes it with one system call.
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::Waker;
 
@@ -83,6 +84,10 @@ struct State {
 
 pub(crate) struct Outbox {
     state: Mutex<State>,
+    /// Mirrors of `State::phase` for the checks the connection makes on every message,
+    /// written under the mutex, read without it.
+    open: AtomicBool,
+    aborted: AtomicU8,
     counters: Arc<Counters>,
     max_bytes: usize,
     max_messages: usize,
@@ -99,6 +104,8 @@ pub(crate) struct Drained {
 impl Outbox {
     pub(crate) fn new(config: &Config, counters: Arc<Counters>) -> Self {
         Outbox {
+            open: AtomicBool::new(true),
+            aborted: AtomicU8::new(0),
             counters,
             state: Mutex::new(State {
                 frames: VecDeque::new(),
@@ -153,7 +160,7 @@ impl Outbox {
                     st.frames.clear();
                     st.bytes = 0;
                     let frame = CloseFrame::new(CloseCode::POLICY, "slow consumer");
-                    Self::begin_close(&mut st, frame);
+                    self.begin_close(&mut st, frame);
                     Self::wake(&mut st);
                     return Pushed::Disconnected;
                 }
@@ -176,7 +183,7 @@ impl Outbox {
         if st.phase != Phase::Open {
             return false;
         }
-        Self::begin_close(&mut st, frame);
+        self.begin_close(&mut st, frame);
         Self::wake(&mut st);
         true
     }
@@ -189,11 +196,13 @@ impl Outbox {
                 frame.map(|f| CloseFrame::new(f.code, "")).as_ref(),
             )));
             st.phase = Phase::Closing;
+            self.open.store(false, Ordering::Release);
             Self::wake(&mut st);
         }
     }
 
-    fn begin_close(st: &mut State, frame: CloseFrame) {
+    fn begin_close(&self, st: &mut State, frame: CloseFrame) {
+        self.open.store(false, Ordering::Release);
         st.close = Some(Box::new(frame::encode_close(Some(&frame))));
         st.close_frame = Some(Box::new(frame));
         st.phase = Phase::Closing;
@@ -226,6 +235,12 @@ impl Outbox {
         let mut st = self.lock();
         if st.phase != Phase::Gone && !matches!(st.phase, Phase::Aborted(_)) {
             st.phase = Phase::Aborted(why);
+            self.open.store(false, Ordering::Release);
+            let code = match why {
+                Abort::PingTimeout => 1,
+                Abort::CloseTimeout => 2,
+            };
+            self.aborted.store(code, Ordering::Release);
             // Always wake: the connection may be parked on a full socket with `notified` set.
             if let Some(w) = &st.waker {
                 w.wake_by_ref();
@@ -297,14 +312,16 @@ impl Outbox {
     }
 
     pub(crate) fn aborted(&self) -> Option<Abort> {
-        match self.lock().phase {
-            Phase::Aborted(why) => Some(why),
-            _ => None,
+        match self.aborted.load(Ordering::Acquire) {
+            0 => None,
+            1 => Some(Abort::PingTimeout),
+            _ => Some(Abort::CloseTimeout),
         }
     }
 
+    /// Whether data is still accepted (not closing, aborted or ended).
     pub(crate) fn is_open(&self) -> bool {
-        self.lock().phase == Phase::Open
+        self.open.load(Ordering::Acquire)
     }
 
     /// The close frame this side queued first, if any.
@@ -316,6 +333,7 @@ impl Outbox {
     pub(crate) fn finish(&self) {
         let mut st = self.lock();
         st.phase = Phase::Gone;
+        self.open.store(false, Ordering::Release);
         st.frames = VecDeque::new();
         st.bytes = 0;
         st.pongs = Vec::new();
