@@ -387,7 +387,7 @@ fn push_result(id: SessionId, pushed: Pushed) -> Result<(), SendError> {
     }
 }
 
-fn is_transient(e: &io::Error) -> bool {
+pub(crate) fn is_transient(e: &io::Error) -> bool {
     use io::ErrorKind::*;
     matches!(
         e.kind(),

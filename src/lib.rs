@@ -77,6 +77,12 @@
 //! otherwise). Protocol errors close with 1002, invalid UTF-8 with 1007. A client that floods
 //! pings without reading gets one pong for the latest ping, not one per ping.
 //!
+//! ## Features
+//!
+//! | feature | default | what it adds |
+//! | --- | --- | --- |
+//! | `tls` | off | `wss://` without a proxy: [`Hub::serve_tls`] takes a rustls `ServerConfig` (tokio-rustls with rustls's `ring` provider; rustls is re-exported as `wshub::rustls`) |
+//!
 //! ## Shutdown and cancellation
 //!
 //! [`Hub::shutdown`] stops accepting, sends close 1001 to every session behind what it has
@@ -99,6 +105,8 @@ mod outbox;
 mod registry;
 mod session;
 mod stats;
+#[cfg(feature = "tls")]
+mod tls;
 
 pub use config::{Config, SlowConsumerPolicy};
 pub use error::{FullOutcome, SendError, TopicError, validate_topic};
@@ -114,3 +122,7 @@ pub use async_trait::async_trait;
 pub use bytes::Bytes;
 #[doc(no_inline)]
 pub use http;
+#[cfg(feature = "tls")]
+#[cfg_attr(docsrs, doc(cfg(feature = "tls")))]
+#[doc(no_inline)]
+pub use tokio_rustls::rustls;
