@@ -82,6 +82,7 @@
 //! | feature | default | what it adds |
 //! | --- | --- | --- |
 //! | `tls` | off | `wss://` without a proxy: [`Hub::serve_tls`] takes a rustls `ServerConfig` (tokio-rustls with rustls's `ring` provider; rustls is re-exported as `wshub::rustls`) |
+//! | `fuzzing` | off | internal: exposes the parsers to the fuzz targets in `fuzz/`; not a public API |
 //!
 //! ## Shutdown and cancellation
 //!
@@ -107,6 +108,13 @@ mod session;
 mod stats;
 #[cfg(feature = "tls")]
 mod tls;
+
+/// Internal: the crate's parsers for the fuzz targets in `fuzz/` (feature `fuzzing`). Not a
+/// public API.
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+#[path = "fuzz_api.rs"]
+pub mod __fuzz;
 
 pub use config::{Config, SlowConsumerPolicy};
 pub use error::{FullOutcome, SendError, TopicError, validate_topic};
