@@ -315,14 +315,16 @@ async fn slowloris_sockets_are_dropped_at_the_handshake_timeout() {
 // ---------------------------------------------------------------------------------------------
 // Frames
 
-/// Forbidden frames that `tests/protocol.rs` does not send: each closes its session with 1002
-/// (reported to `on_close` as a server close), and the well-behaved client is served after.
+/// Frames RFC 6455 forbids, most of them not sent by `tests/protocol.rs` (which checks the
+/// codes; this checks the neighbours too): each closes its session with its code (reported
+/// to `on_close` as a server close), and the well-behaved client is served after each.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn more_forbidden_frames_close_with_1002() {
+async fn forbidden_frames_get_their_close_code_and_spare_the_others() {
     let _serial = SERIAL.lock().await;
     let mut h = Seen::new(echo_hub(quiet_config()).await);
     let mut probe = Probe::connect(h.t.addr).await;
     h.open().await;
+    let limit = h.t.hub.config().get_max_message_size();
 
     let with_first_byte = |first: u8, payload: &[u8]| {
         let mut f = client_frame(true, OP_TEXT, payload);
@@ -332,45 +334,102 @@ async fn more_forbidden_frames_close_with_1002() {
     let mut msb_length = vec![0x82, 0x80 | 127];
     msb_length.extend_from_slice(&(1u64 << 63).to_be_bytes());
     msb_length.extend_from_slice(&[1, 2, 3, 4]);
-    let cases: Vec<(&str, Vec<u8>)> = vec![
-        ("RSV2 set", with_first_byte(0x80 | 0x20 | OP_TEXT, b"x")),
-        ("RSV3 set", with_first_byte(0x80 | 0x10 | OP_BINARY, b"x")),
+    let mut bad_utf8_across_fragments = client_frame(false, OP_TEXT, "caf".as_bytes());
+    bad_utf8_across_fragments.extend(client_frame(true, OP_CONTINUATION, &[0xC3, 0x28]));
+    let cases: Vec<(&str, Vec<u8>, u16)> = vec![
+        (
+            "RSV2 set",
+            with_first_byte(0x80 | 0x20 | OP_TEXT, b"x"),
+            1002,
+        ),
+        (
+            "RSV3 set",
+            with_first_byte(0x80 | 0x10 | OP_BINARY, b"x"),
+            1002,
+        ),
         (
             "RSV1 on a ping",
             with_first_byte(0x80 | 0x40 | OP_PING, b"x"),
+            1002,
         ),
-        ("reserved data opcode 0x7", client_frame(true, 0x7, b"x")),
-        ("reserved control opcode 0xB", client_frame(true, 0xB, b"x")),
-        ("reserved control opcode 0xF", client_frame(true, 0xF, b"")),
+        (
+            "reserved data opcode 0x7",
+            client_frame(true, 0x7, b"x"),
+            1002,
+        ),
+        (
+            "reserved control opcode 0xB",
+            client_frame(true, 0xB, b"x"),
+            1002,
+        ),
+        (
+            "reserved control opcode 0xF",
+            client_frame(true, 0xF, b""),
+            1002,
+        ),
         (
             "fragmented close",
             client_frame(false, OP_CLOSE, &close_payload(1000, "")),
+            1002,
         ),
-        ("fragmented pong", client_frame(false, OP_PONG, b"x")),
+        ("fragmented pong", client_frame(false, OP_PONG, b"x"), 1002),
         (
             "close over 125 bytes",
             client_frame(true, OP_CLOSE, &close_payload(1000, &"r".repeat(124))),
+            1002,
         ),
         (
             "pong over 125 bytes",
             client_frame(true, OP_PONG, &[0; 126]),
+            1002,
         ),
         (
             "an unmasked ping",
             frame_with_mask(true, OP_PING, b"x", None),
+            1002,
         ),
-        ("a length with its top bit set", msb_length),
+        (
+            "an unmasked text frame",
+            frame_with_mask(true, OP_TEXT, b"x", None),
+            1002,
+        ),
+        ("a length with its top bit set", msb_length, 1002),
+        (
+            "invalid UTF-8",
+            client_frame(true, OP_TEXT, &[b'o', b'k', 0xFF]),
+            1007,
+        ),
+        (
+            "invalid UTF-8 across fragments",
+            bad_utf8_across_fragments,
+            1007,
+        ),
+        (
+            "a message one byte over the limit",
+            client_frame(true, OP_BINARY, &vec![1; limit + 1]),
+            1009,
+        ),
     ];
-    for (what, frame) in cases {
+    let count = cases.len();
+    for (what, frame, expected) in cases {
         let (mut c, id) = h.raw_session().await;
-        c.write(&frame).await;
+        // Best effort: the hub may close before a large frame is all in.
+        let _ = c.stream.write_all(&frame).await;
         let (code, reason) = c.read_close().await;
-        assert_eq!(code, 1002, "{what}: {reason}");
-        assert_eq!(h.close(id).await, Closed::Server(1002, reason), "{what}");
+        assert_eq!(code, expected, "{what}: {reason}");
+        assert_eq!(
+            h.close(id).await,
+            Closed::Server(expected, reason),
+            "{what}"
+        );
         probe.check(&format!("after {what}")).await;
     }
     assert_eq!(h.t.hub.session_count(), 1);
-    assert_eq!(h.t.hub.stats().messages_in, 12, "only the probe's messages");
+    assert_eq!(
+        h.t.hub.stats().messages_in,
+        count as u64,
+        "only the probe's messages"
+    );
 }
 
 /// A frame declaring 2^63 - 1 bytes is refused with 1009 from its header alone, without
