@@ -27,7 +27,11 @@ pub enum SlowConsumerPolicy {
 /// Configuration of a [`Hub`](crate::Hub): limits, timeouts and policies.
 ///
 /// Every setter takes and returns the config by value and documents its default and the threat
-/// or trade-off it addresses.
+/// or trade-off it addresses. Every limit is on by default with a value safe for a hub on the
+/// open internet; `SECURITY.md` at the repository root gathers them in one threat model.
+///
+/// Timeouts longer than 100 years are taken as 100 years: that is "never" for a connection,
+/// and keeps the deadlines the hub computes from them in range.
 ///
 /// ```
 /// use std::time::Duration;
@@ -57,6 +61,13 @@ pub struct Config {
     pub(crate) max_handshake_bytes: usize,
     pub(crate) max_messages_per_second: Option<u32>,
     pub(crate) allowed_origins: Vec<String>,
+}
+
+/// The longest timeout kept; see [`Config`].
+const MAX_TIMEOUT: Duration = Duration::from_secs(100 * 365 * 24 * 60 * 60);
+
+fn clamp(timeout: Duration) -> Duration {
+    timeout.min(MAX_TIMEOUT)
 }
 
 impl Default for Config {
@@ -98,6 +109,9 @@ impl Config {
     /// With [`max_queue_messages`](Self::max_queue_messages), this bounds the memory a slow or
     /// stalled client can hold on the server (plus one write batch). A single message larger
     /// than the limit is still accepted into an empty queue.
+    ///
+    /// Threat: a client that stops reading (or reads slowly on purpose) while the application
+    /// keeps pushing, making the server hold everything it owes that client.
     #[must_use]
     pub fn max_queue_bytes(mut self, bytes: usize) -> Self {
         self.max_queue_bytes = bytes;
@@ -107,7 +121,8 @@ impl Config {
     /// The messages one session may have queued for sending. Default: 4096.
     ///
     /// Absorbs bursts (a publisher writing faster than the socket drains for a moment) while
-    /// still bounding the per-message overhead of a stalled client.
+    /// still bounding the per-message overhead of a stalled client. Values below 1 are taken
+    /// as 1.
     #[must_use]
     pub fn max_queue_messages(mut self, messages: usize) -> Self {
         self.max_queue_messages = messages.max(1);
@@ -115,6 +130,9 @@ impl Config {
     }
 
     /// What a full outbound queue does. Default: [`SlowConsumerPolicy::Disconnect`].
+    ///
+    /// Whatever the policy, a slow client costs at most its queue budget; `Disconnect` also
+    /// frees its socket and makes it reconnect and resynchronise.
     #[must_use]
     pub fn slow_consumer_policy(mut self, policy: SlowConsumerPolicy) -> Self {
         self.slow_consumer = policy;
@@ -124,7 +142,7 @@ impl Config {
     /// The most bytes the writer takes from the queue for one socket write. Default: 64 KiB.
     ///
     /// Larger batches mean fewer system calls under load; every message queued when the writer
-    /// wakes goes out in one write up to this size.
+    /// wakes goes out in one write up to this size. Values below 1 KiB are taken as 1 KiB.
     #[must_use]
     pub fn write_batch_bytes(mut self, bytes: usize) -> Self {
         self.write_batch_bytes = bytes.max(1024);
@@ -138,15 +156,20 @@ impl Config {
     /// session forever. Pings also keep proxies from timing out idle connections.
     #[must_use]
     pub fn ping_interval(mut self, interval: Option<Duration>) -> Self {
-        self.ping_interval = interval;
+        self.ping_interval = interval.map(clamp);
         self
     }
 
     /// How long after a ping the session is closed if nothing at all arrived from the peer.
     /// Default: 20 s (Tornado's `websocket_ping_timeout`).
+    ///
+    /// Threat: half-open connections (the peer vanished, or a client that never reads nor
+    /// answers) holding a session, its queue and a file descriptor. Any inbound frame counts,
+    /// so a client busy sending is never taken for dead. Only applies while the heartbeat
+    /// ([`ping_interval`](Self::ping_interval)) is on.
     #[must_use]
     pub fn ping_timeout(mut self, timeout: Duration) -> Self {
-        self.ping_timeout = timeout;
+        self.ping_timeout = clamp(timeout);
         self
     }
 
@@ -154,27 +177,35 @@ impl Config {
     /// with 1001; `None` turns it off. Default: 120 s.
     ///
     /// With the heartbeat on, a live client answers pings and is never idle; this limit is what
-    /// reaps silent connections if you turn the heartbeat off or lengthen it.
+    /// reaps silent connections if you turn the heartbeat off or lengthen it. Threat: clients
+    /// that connect and then hold the session open doing nothing, to exhaust
+    /// [`max_sessions`](Self::max_sessions).
     #[must_use]
     pub fn idle_timeout(mut self, timeout: Option<Duration>) -> Self {
-        self.idle_timeout = timeout;
+        self.idle_timeout = timeout.map(clamp);
         self
     }
 
     /// How long a client has to complete the HTTP upgrade, authorization included. Default: 10 s.
     ///
-    /// Threat: slowloris clients that open sockets and send headers a byte at a time.
+    /// Threat: slowloris clients that open sockets and send headers a byte at a time. The
+    /// timeout bounds the whole request, not the gap between bytes, so trickling does not
+    /// extend it. With [`Hub::serve_tls`](crate::Hub) the TLS handshake gets the same time
+    /// again before the HTTP upgrade starts.
     #[must_use]
     pub fn handshake_timeout(mut self, timeout: Duration) -> Self {
-        self.handshake_timeout = timeout;
+        self.handshake_timeout = clamp(timeout);
         self
     }
 
     /// How long a closing session may take to flush its queue and receive the peer's close
     /// frame before the connection is dropped. Default: 5 s.
+    ///
+    /// Threat: clients that never answer a close frame, or stop reading once it is queued (a
+    /// slow consumer being disconnected, say), keeping a closing session forever.
     #[must_use]
     pub fn close_timeout(mut self, timeout: Duration) -> Self {
-        self.close_timeout = timeout;
+        self.close_timeout = clamp(timeout);
         self
     }
 
@@ -190,9 +221,12 @@ impl Config {
     /// The most sessions from one client IP address; further upgrades get HTTP 429.
     /// Default: 1,000.
     ///
-    /// Loopback peers are not limited: they are a reverse proxy on the same host (behind which
-    /// every client shares the proxy's address, so limit per client at the proxy) or a local
-    /// test. Threat: one host exhausting [`max_sessions`](Self::max_sessions) for everyone.
+    /// Loopback peers (`127.0.0.0/8`, `::1`, and `::ffff:127.0.0.1` as an IPv4 peer of a `[::]`
+    /// listener appears) are not limited: they are a reverse proxy on the same host (behind
+    /// which every client shares the proxy's address, so limit per client at the proxy) or a
+    /// local test. An address is counted whole: an IPv6 host that controls a /64 has many, so
+    /// limit per prefix at the edge if that matters. Threat: one host exhausting
+    /// [`max_sessions`](Self::max_sessions) for everyone.
     #[must_use]
     pub fn max_sessions_per_ip(mut self, sessions: usize) -> Self {
         self.max_sessions_per_ip = sessions;
@@ -212,7 +246,10 @@ impl Config {
     }
 
     /// The largest upgrade request (request line and headers). Default: 16 KiB; larger requests
-    /// get HTTP 431.
+    /// (or more than 64 header lines) get HTTP 431. Values below 256 bytes are taken as 256.
+    ///
+    /// Threat: huge or endless request heads making the server buffer memory for a client
+    /// that has not even been admitted yet.
     #[must_use]
     pub fn max_handshake_bytes(mut self, bytes: usize) -> Self {
         self.max_handshake_bytes = bytes.max(256);
@@ -272,5 +309,43 @@ impl Config {
         self.allowed_origins
             .iter()
             .any(|o| o == "*" || o.eq_ignore_ascii_case(origin))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Found by the `config` fuzz target: `close_timeout(Duration::MAX)` gave a close deadline
+    /// of `now + (u64::MAX as truncated milliseconds)`, which wrapped to a moment already past,
+    /// so a closing session was dropped at the next tick instead of waiting.
+    #[test]
+    fn huge_timeouts_are_clamped_so_deadlines_stay_in_range() {
+        for huge in [
+            Duration::MAX,
+            Duration::from_secs(u64::MAX / 1000 + 1),
+            Duration::from_secs(1 << 60),
+        ] {
+            let c = Config::default()
+                .close_timeout(huge)
+                .ping_timeout(huge)
+                .handshake_timeout(huge)
+                .idle_timeout(Some(huge))
+                .ping_interval(Some(huge));
+            for d in [
+                c.close_timeout,
+                c.ping_timeout,
+                c.handshake_timeout,
+                c.idle_timeout.unwrap(),
+                c.ping_interval.unwrap(),
+            ] {
+                assert_eq!(d, MAX_TIMEOUT);
+                // The hub adds timeouts to its millisecond clock as u64.
+                let ms = u64::try_from(d.as_millis()).unwrap();
+                assert!(ms.checked_add(u64::MAX / 2).is_some());
+            }
+        }
+        let short = Duration::from_millis(1500);
+        assert_eq!(Config::default().close_timeout(short).close_timeout, short);
     }
 }

@@ -397,7 +397,10 @@ impl Hub {
     /// by their `close_timeout`, but connections are not force-dropped at `deadline`.
     pub async fn shutdown(&self, deadline: Duration) {
         let core = &self.core;
-        let until = core.now_ms() + deadline.as_millis() as u64;
+        // Saturating: `Duration::MAX` ("wait as long as it takes") must not wrap into the past.
+        let until = core
+            .now_ms()
+            .saturating_add(deadline.as_millis().try_into().unwrap_or(u64::MAX));
         core.shutdown_deadline_ms.store(until, Ordering::Release);
         core.shutting_down.store(true, Ordering::Release);
         core.stop.send_replace(true);
@@ -449,7 +452,7 @@ fn push_result(id: SessionId, pushed: Pushed) -> Result<(), SendError> {
     }
 }
 
-fn is_transient(e: &io::Error) -> bool {
+pub(crate) fn is_transient(e: &io::Error) -> bool {
     use io::ErrorKind::*;
     matches!(
         e.kind(),

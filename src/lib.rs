@@ -44,6 +44,9 @@
 //! | *(none)* | [`Hub`], [`Handler`], [`Session`], [`Hub::serve`] on a `TcpListener`, [`Hub::accept`] on any byte stream, [`Handler::http`] for plain HTTP on the same port, [`Stats`] with [`Stats::to_prometheus`] | — |
 //! | `axum`   | [`axum::endpoint`] and [`axum::upgrade`]: mount the hub at a route of an axum 0.8 `Router`, so REST and push share one port | `axum`, `hyper`, `hyper-util` |
 //! | `client` | [`Client`]: a client that reconnects with exponential backoff and jitter, re-subscribes and exposes its state | `tokio-tungstenite` |
+//! | `redis`  | `RedisBackplane`: several nodes share broadcasts, topics, `send_to` and `close` through Redis pub/sub (see *Scale-out*) | `redis` |
+//! | `tls`    | `wss://` without a proxy: `Hub::serve_tls` takes a rustls `ServerConfig` (tokio-rustls with rustls's `ring` provider; rustls is re-exported as `wshub::rustls`) | `tokio-rustls` |
+//! | `fuzzing` | internal: exposes the parsers to the fuzz targets in `fuzz/`; not a public API | — |
 //!
 //! ## The data path of one broadcast
 //!
@@ -122,6 +125,15 @@ mod prometheus;
 mod registry;
 mod session;
 mod stats;
+#[cfg(feature = "tls")]
+mod tls;
+
+/// Internal: the crate's parsers for the fuzz targets in `fuzz/` (feature `fuzzing`). Not a
+/// public API.
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+#[path = "fuzz_api.rs"]
+pub mod __fuzz;
 
 #[cfg(feature = "redis")]
 pub use backplane::redis::{RedisBackplane, RedisConfig, RedisStats};
@@ -151,3 +163,7 @@ struct ReadmeDoctests;
 pub use bytes::Bytes;
 #[doc(no_inline)]
 pub use http;
+#[cfg(feature = "tls")]
+#[cfg_attr(docsrs, doc(cfg(feature = "tls")))]
+#[doc(no_inline)]
+pub use tokio_rustls::rustls;

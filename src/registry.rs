@@ -175,6 +175,9 @@ impl Registry {
 
     /// Reserves a place for one more session from `ip`.
     pub(crate) fn admit(&self, ip: IpAddr, max: usize, max_per_ip: usize) -> Result<(), Refusal> {
+        // `::ffff:127.0.0.1` (an IPv4 peer of a `[::]` listener) is loopback and the same client
+        // as `127.0.0.1`.
+        let ip = ip.to_canonical();
         let before = self.admitted.fetch_add(1, Ordering::AcqRel);
         if before >= max {
             self.admitted.fetch_sub(1, Ordering::AcqRel);
@@ -198,6 +201,7 @@ impl Registry {
 
     /// Gives back a place reserved by [`admit`](Self::admit).
     pub(crate) fn release(&self, ip: IpAddr) {
+        let ip = ip.to_canonical();
         if !ip.is_loopback() {
             let mut per_ip = lock(&self.per_ip);
             if let Some(n) = per_ip.get_mut(&ip) {

@@ -864,3 +864,31 @@ pub fn response(content_type: &str, body: &'static str) -> Response<Bytes> {
         .body(Bytes::from_static(body.as_bytes()))
         .unwrap()
 }
+
+// ---------------------------------------------------------------------------------------------
+// Abrupt clients and process measurements (tests/hostile.rs, tests/churn.rs)
+
+/// Drops `stream` with a TCP reset instead of a FIN: `SO_LINGER` 0 makes `close` send RST at
+/// once and discard anything unsent.
+pub fn reset(stream: TcpStream) {
+    // A zero linger never blocks on close (the reason tokio deprecates `set_linger`), and
+    // `set_zero_linger` would need tokio 1.50.
+    #[allow(deprecated)]
+    stream
+        .set_linger(Some(Duration::ZERO))
+        .expect("SO_LINGER 0");
+    drop(stream);
+}
+
+/// The process's resident memory in KiB (`VmRSS` of `/proc/self/status`); `None` where there
+/// is no procfs (not Linux), and the memory checks are skipped there.
+pub fn vm_rss_kib() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// How many file descriptors the process has open (`/proc/self/fd`); `None` without procfs.
+pub fn open_fds() -> Option<usize> {
+    Some(std::fs::read_dir("/proc/self/fd").ok()?.count())
+}

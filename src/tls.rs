@@ -1,0 +1,108 @@
+//! wss://: the hub's own TLS listener (feature `tls`), over tokio-rustls.
+//!
+//! The TLS handshake runs in the connection's task, under the hub's handshake timeout, so a
+//! client that stalls it (a TLS slowloris) holds only its own socket and never the accept loop.
+//! The decrypted stream then goes through [`Hub::accept`] like any other.
+
+use std::io;
+use std::net::SocketAddr;
+use std::pin::pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::TlsAcceptor;
+use tokio_rustls::rustls::ServerConfig;
+
+use crate::hub::{Hub, is_transient};
+
+impl Hub {
+    /// Accepts `wss://` connections from `listener` until [`shutdown`](Self::shutdown): each in
+    /// its own task, the TLS handshake first, then the HTTP upgrade and the session as with
+    /// [`serve`](Self::serve). Sets `TCP_NODELAY` on every socket.
+    ///
+    /// `config` is a rustls server configuration with the certificate chain and key (rustls is
+    /// re-exported as [`wshub::rustls`](crate::rustls), so the versions match). Advertise no
+    /// ALPN protocol, or `http/1.1`: a WebSocket upgrade is an HTTP/1.1 request, and a client
+    /// that negotiated `h2` would be answered in the wrong protocol.
+    ///
+    /// The TLS handshake and then the HTTP upgrade must each complete within
+    /// [`Config::handshake_timeout`](crate::Config::handshake_timeout); a client that fails or
+    /// stalls the TLS handshake (a plain-text client on this port, say) is dropped without an
+    /// answer and without opening a session, and does not delay other clients.
+    ///
+    /// # Return
+    /// As [`serve`](Self::serve): `Ok(())` after shutdown starts; transient accept errors are
+    /// logged and retried, other errors returned.
+    ///
+    /// ```no_run
+    /// use std::sync::Arc;
+    /// use wshub::rustls::pki_types::pem::PemObject;
+    /// use wshub::rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    /// # struct App;
+    /// # impl wshub::Handler for App {}
+    ///
+    /// # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let certs = CertificateDer::pem_file_iter("cert.pem")?.collect::<Result<Vec<_>, _>>()?;
+    /// let key = PrivateKeyDer::from_pem_file("key.pem")?;
+    /// let provider = Arc::new(wshub::rustls::crypto::ring::default_provider());
+    /// let tls = wshub::rustls::ServerConfig::builder_with_provider(provider)
+    ///     .with_safe_default_protocol_versions()?
+    ///     .with_no_client_auth()
+    ///     .with_single_cert(certs, key)?;
+    ///
+    /// let hub = wshub::Hub::new(App);
+    /// let listener = tokio::net::TcpListener::bind("0.0.0.0:443").await?;
+    /// hub.serve_tls(listener, Arc::new(tls)).await?;
+    /// # Ok(()) }
+    /// ```
+    #[cfg_attr(docsrs, doc(cfg(feature = "tls")))]
+    pub async fn serve_tls(
+        self,
+        listener: TcpListener,
+        config: Arc<ServerConfig>,
+    ) -> io::Result<()> {
+        let acceptor = TlsAcceptor::from(config);
+        let mut stopped = pin!(self.core.stopped());
+        let mut backoff = Duration::from_millis(5);
+        loop {
+            tokio::select! {
+                accepted = listener.accept() => match accepted {
+                    Ok((stream, peer)) => {
+                        backoff = Duration::from_millis(5);
+                        let _ = stream.set_nodelay(true);
+                        tokio::spawn(accept_tls(self.clone(), acceptor.clone(), stream, peer));
+                    }
+                    Err(e) if is_transient(&e) => {
+                        tracing::warn!(error = %e, "accept failed; retrying");
+                        tokio::time::sleep(backoff).await;
+                        backoff = (backoff * 2).min(Duration::from_secs(1));
+                    }
+                    Err(e) => return Err(e),
+                },
+                _ = &mut stopped => return Ok(()),
+            }
+        }
+    }
+}
+
+/// The TLS handshake within the handshake timeout (or until shutdown), then the connection.
+async fn accept_tls(hub: Hub, acceptor: TlsAcceptor, tcp: TcpStream, peer: SocketAddr) {
+    let core = hub.core.clone();
+    let handshake = tokio::time::timeout(core.config.handshake_timeout, acceptor.accept(tcp));
+    let tls = tokio::select! {
+        done = handshake => match done {
+            Ok(Ok(tls)) => tls,
+            Ok(Err(e)) => {
+                tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                return;
+            }
+            Err(_) => {
+                tracing::debug!(%peer, "TLS handshake timed out");
+                return;
+            }
+        },
+        _ = core.stopped() => return,
+    };
+    hub.accept(tls, peer).await;
+}
