@@ -196,6 +196,19 @@ impl Hub {
     /// a connection reset before it was accepted) are logged and retried after a short pause;
     /// other errors are returned.
     pub async fn serve(self, listener: TcpListener) -> io::Result<()> {
+        self.accept_loop(listener, |stream, peer| {
+            tokio::spawn(self.accept(stream, peer));
+        })
+        .await
+    }
+
+    /// Accepts from `listener` until shutdown, handing each socket (with `TCP_NODELAY` set)
+    /// to `spawn`; transient errors are logged and retried with a growing pause.
+    pub(crate) async fn accept_loop(
+        &self,
+        listener: TcpListener,
+        mut spawn: impl FnMut(tokio::net::TcpStream, SocketAddr),
+    ) -> io::Result<()> {
         let mut stopped = pin!(self.core.stopped());
         let mut backoff = Duration::from_millis(5);
         loop {
@@ -204,7 +217,7 @@ impl Hub {
                     Ok((stream, peer)) => {
                         backoff = Duration::from_millis(5);
                         let _ = stream.set_nodelay(true);
-                        tokio::spawn(self.accept(stream, peer));
+                        spawn(stream, peer);
                     }
                     Err(e) if is_transient(&e) => {
                         tracing::warn!(error = %e, "accept failed; retrying");

@@ -6,15 +6,13 @@
 
 use std::io;
 use std::net::SocketAddr;
-use std::pin::pin;
 use std::sync::Arc;
-use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::rustls::ServerConfig;
 
-use crate::hub::{Hub, is_transient};
+use crate::hub::Hub;
 
 impl Hub {
     /// Accepts `wss://` connections from `listener` until [`shutdown`](Self::shutdown): each in
@@ -63,30 +61,13 @@ impl Hub {
         config: Arc<ServerConfig>,
     ) -> io::Result<()> {
         let acceptor = TlsAcceptor::from(config);
-        let mut stopped = pin!(self.core.stopped());
-        let mut backoff = Duration::from_millis(5);
-        loop {
-            tokio::select! {
-                accepted = listener.accept() => match accepted {
-                    Ok((stream, peer)) => {
-                        backoff = Duration::from_millis(5);
-                        let _ = stream.set_nodelay(true);
-                        tokio::spawn(accept_tls(self.clone(), acceptor.clone(), stream, peer));
-                    }
-                    Err(e) if is_transient(&e) => {
-                        tracing::warn!(error = %e, "accept failed; retrying");
-                        tokio::time::sleep(backoff).await;
-                        backoff = (backoff * 2).min(Duration::from_secs(1));
-                    }
-                    Err(e) => return Err(e),
-                },
-                _ = &mut stopped => return Ok(()),
-            }
-        }
+        self.accept_loop(listener, |stream, peer| {
+            tokio::spawn(accept_tls(self.clone(), acceptor.clone(), stream, peer));
+        })
+        .await
     }
 }
 
-/// The TLS handshake within the handshake timeout (or until shutdown), then the connection.
 async fn accept_tls(hub: Hub, acceptor: TlsAcceptor, tcp: TcpStream, peer: SocketAddr) {
     let core = hub.core.clone();
     let handshake = tokio::time::timeout(core.config.handshake_timeout, acceptor.accept(tcp));
