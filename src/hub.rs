@@ -465,7 +465,7 @@ fn push_result(id: SessionId, pushed: Pushed) -> Result<(), SendError> {
     }
 }
 
-pub(crate) fn is_transient(e: &io::Error) -> bool {
+fn is_transient(e: &io::Error) -> bool {
     use io::ErrorKind::*;
     matches!(
         e.kind(),
