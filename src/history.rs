@@ -644,7 +644,11 @@ async fn join_cluster(
     bp.interest_changed(topic);
     let read = async {
         bp.topic_ready(topic).await?;
-        bp.history_read(topic, since, policy).await
+        let read = bp.history_read(topic, since, policy).await?;
+        // Publications the read saw may still be on their way here: wait until they are in
+        // the buffer, where the offset filter below drops them.
+        bp.topic_ready(topic).await?;
+        Ok::<_, BackplaneError>(read)
     }
     .await;
     // 3. Replay, then the buffered publications that follow it, then join, all under the

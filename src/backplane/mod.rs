@@ -139,8 +139,10 @@ pub trait Backplane: Send + Sync + 'static {
     }
 
     /// Resolves once publications of `topic` reach this node (its subscription to the topic is
-    /// in place), so that a read of the log that starts afterwards misses nothing that is not
-    /// also delivered live.
+    /// in place) **and** every publication sent to this node before the call has been handed
+    /// to [`LocalNode::deliver_recorded`]. A recovering session calls it before reading the
+    /// log (so nothing after the read is missed) and after (so nothing the read saw is still
+    /// in flight and delivered twice).
     ///
     /// # Errors
     /// A connection error when it cannot be established.
