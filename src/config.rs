@@ -2,6 +2,8 @@
 
 use std::time::Duration;
 
+use crate::history::HistoryPolicy;
+
 /// What a session's full outbound queue does with one more message.
 ///
 /// A queue is full when it holds [`Config::max_queue_messages`] messages or one more message
@@ -61,6 +63,9 @@ pub struct Config {
     pub(crate) max_handshake_bytes: usize,
     pub(crate) max_messages_per_second: Option<u32>,
     pub(crate) allowed_origins: Vec<String>,
+    pub(crate) history: Vec<(String, HistoryPolicy)>,
+    pub(crate) presence: Vec<String>,
+    pub(crate) envelope: bool,
 }
 
 /// The longest timeout kept; see [`Config`].
@@ -88,6 +93,9 @@ impl Default for Config {
             max_handshake_bytes: 16 * 1024,
             max_messages_per_second: Some(10_000),
             allowed_origins: Vec::new(),
+            history: Vec::new(),
+            presence: Vec::new(),
+            envelope: false,
         }
     }
 }
@@ -274,6 +282,74 @@ impl Config {
         self
     }
 
+    /// Keeps history for the topics that match `pattern`: an exact topic name, or a prefix
+    /// followed by `*` (`"orders/*"`, or `"*"` for every topic). Default: no topic has history.
+    ///
+    /// Every publication to such a topic gets a [`Position`](crate::Position), returned in
+    /// [`Delivery::position`](crate::Delivery::position), and the last publications (within
+    /// `policy`) are kept so that a session can
+    /// [recover what it missed](crate::Session::subscribe_from). The first matching pattern,
+    /// in the order they were added, applies. Cost: one copy of each message reference in the
+    /// log, and each publish to such a topic takes the topic's history lock; topics without
+    /// history are published as before. With a backplane that keeps history (Redis), the log
+    /// lives there and is shared by every node.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// let config = wshub::Config::default()
+    ///     .history("board", wshub::HistoryPolicy::new(1000, Some(Duration::from_secs(600))));
+    /// ```
+    #[must_use]
+    pub fn history(mut self, pattern: impl Into<String>, policy: HistoryPolicy) -> Self {
+        self.history.push((pattern.into(), policy));
+        self
+    }
+
+    /// Tracks presence (who is subscribed, see [`Hub::presence`](crate::Hub::presence)) on the
+    /// topics that match `pattern` (exact, or a prefix followed by `*`). Default: none.
+    ///
+    /// Cost: one entry per session and topic on this node, and with a backplane one write to
+    /// the shared state per subscribe and unsubscribe.
+    #[must_use]
+    pub fn presence(mut self, pattern: impl Into<String>) -> Self {
+        self.presence.push(pattern.into());
+        self
+    }
+
+    /// Sends topic publications in the JSON envelope of `PROTOCOL.md`
+    /// (`{"type":"pub","topic":…,"epoch":…,"offset":…,"data":…}`) instead of the raw message,
+    /// and answers [`Session::apply`](crate::Session::apply) and
+    /// [`Session::subscribe_from`](crate::Session::subscribe_from) with a `subscribed` or
+    /// `unrecoverable` message. Default: `false` (raw messages).
+    ///
+    /// Turn it on when clients should recover after reconnecting: they need the position of
+    /// the last publication they saw. Broadcasts and `send_to` stay raw.
+    #[must_use]
+    pub fn envelope(mut self, on: bool) -> Self {
+        self.envelope = on;
+        self
+    }
+
+    /// The history policy of `topic`, if it has history.
+    pub fn history_policy(&self, topic: &str) -> Option<&HistoryPolicy> {
+        if self.history.is_empty() {
+            return None;
+        }
+        self.history
+            .iter()
+            .find(|(p, _)| matches(p, topic))
+            .map(|(_, policy)| policy)
+    }
+
+    pub(crate) fn presence_enabled(&self, topic: &str) -> bool {
+        !self.presence.is_empty() && self.presence.iter().any(|p| matches(p, topic))
+    }
+
+    /// Whether a publish is a raw frame to the subscribers and nothing more.
+    pub(crate) fn plain_publish(&self) -> bool {
+        self.history.is_empty() && !self.envelope
+    }
+
     /// The configured maximum inbound message size.
     pub fn get_max_message_size(&self) -> usize {
         self.max_message_size
@@ -309,6 +385,14 @@ impl Config {
         self.allowed_origins
             .iter()
             .any(|o| o == "*" || o.eq_ignore_ascii_case(origin))
+    }
+}
+
+/// A topic pattern: exact, or a prefix followed by `*`.
+fn matches(pattern: &str, topic: &str) -> bool {
+    match pattern.strip_suffix('*') {
+        Some(prefix) => topic.starts_with(prefix),
+        None => pattern == topic,
     }
 }
 

@@ -169,6 +169,7 @@ impl Drop for Registered {
     fn drop(&mut self) {
         let (inner, core) = (&self.0.inner, &self.0.hub.core);
         inner.outbox.finish();
+        crate::presence::session_ending(&self.0);
         if core.registry.remove(inner) {
             core.registry.release(inner.request.peer_addr().ip());
         }

@@ -139,6 +139,38 @@ pub trait Handler: Send + Sync + 'static {
         let _ = (session, message);
     }
 
+    /// The session joined `topic` ([`Session::subscribe`], [`Hub::subscribe`](crate::Hub::subscribe),
+    /// [`Session::subscribe_from`] or [`Session::apply`]); not called when it already was
+    /// subscribed. Runs synchronously on the subscribing task: note the event, do not block.
+    fn on_subscribe(&self, session: &Session, topic: &str) {
+        let _ = (session, topic);
+    }
+
+    /// The session left `topic`: unsubscribed, or ended (then before
+    /// [`on_close`](Handler::on_close), once per topic it was in). Runs synchronously; note
+    /// the event, do not block.
+    fn on_unsubscribe(&self, session: &Session, topic: &str) {
+        let _ = (session, topic);
+    }
+
+    /// What [`Hub::presence`](crate::Hub::presence) shows for this session on topics with
+    /// presence ([`Config::presence`](crate::Config::presence)), taken when it joins: typically
+    /// a user name from the data [`authorize`](Handler::authorize) attached. Default: `None`.
+    ///
+    /// ```
+    /// # struct User(String);
+    /// # struct App;
+    /// # impl wshub::Handler for App {
+    /// fn presence_info(&self, session: &wshub::Session) -> Option<String> {
+    ///     session.data::<User>().map(|u| u.0.clone())
+    /// }
+    /// # }
+    /// ```
+    fn presence_info(&self, session: &Session) -> Option<String> {
+        let _ = session;
+        None
+    }
+
     /// The session ended and has already left the registry and every topic. Runs exactly once
     /// per session that was opened, whatever ended it.
     async fn on_close(&self, session: &Session, reason: CloseReason) {

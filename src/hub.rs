@@ -85,6 +85,11 @@ pub struct Delivery {
     /// [`Remote::NotConfigured`] on a hub without one, [`Remote::Failed`] when the other nodes
     /// will not get it.
     pub remote: Remote,
+    /// The publication's place in its topic's history, for a topic with
+    /// [history](crate::Config::history) on a single node. `None` for other topics, for
+    /// broadcasts, and with a backplane that keeps history, where the position is assigned by
+    /// the shared log after `publish` returns (use [`Hub::history`] to read it).
+    pub position: Option<crate::Position>,
 }
 
 /// Builds a [`Hub`] with a [`Config`].
@@ -150,6 +155,8 @@ impl HubBuilder {
             core: Arc::new(Core {
                 registry: Registry::new(self.node).with_interest_hook(hook),
                 backplane: self.backplane,
+                histories: Default::default(),
+                presence: Default::default(),
                 counters: Arc::default(),
                 config: self.config,
                 handler: self.handler,
@@ -320,6 +327,9 @@ impl Hub {
     /// ```
     pub fn publish(&self, topic: &str, message: impl Into<Message>) -> Delivery {
         let message = message.into();
+        if !self.core.config.plain_publish() {
+            return self.publish_special(topic, message);
+        }
         let frame = frame::encode_message(&message);
         let mut report = self.core.registry.deliver_topic(topic, &frame, None);
         self.core.counters.delivery(&report);
@@ -327,18 +337,66 @@ impl Hub {
         report
     }
 
+    /// `publish` to a topic with history, or in the envelope.
+    #[cold]
+    fn publish_special(&self, topic: &str, message: Message) -> Delivery {
+        if let Some(policy) = self.core.config.history_policy(topic) {
+            return crate::history::publish(&self.core, topic, message, policy);
+        }
+        let frame = crate::history::frame_for(&self.core, topic, None, &message);
+        let mut report = self.core.registry.deliver_topic(topic, &frame, None);
+        self.core.counters.delivery(&report);
+        report.remote = backplane::publish(&self.core, topic, &message);
+        report
+    }
+
+    /// The publications of `topic` after `since` (every one kept when `None`), in order, with
+    /// their positions.
+    ///
+    /// # Errors
+    /// [`HistoryError::NotEnabled`](crate::HistoryError::NotEnabled) for a topic without
+    /// history, [`HistoryError::Unrecoverable`](crate::HistoryError::Unrecoverable) when
+    /// `since` is older than what is kept or of another epoch (the current position is in the
+    /// error), [`HistoryError::Backplane`](crate::HistoryError::Backplane) when the shared log
+    /// cannot be read.
+    ///
+    /// ```
+    /// # async fn f(hub: &wshub::Hub) -> Result<(), wshub::HistoryError> {
+    /// for (position, message) in hub.history("board", None).await? {
+    ///     println!("{position}: {} bytes", message.len());
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub async fn history(
+        &self,
+        topic: &str,
+        since: Option<crate::Position>,
+    ) -> Result<Vec<(crate::Position, Message)>, crate::HistoryError> {
+        crate::history::read(&self.core, topic, since).await
+    }
+
+    /// The sessions subscribed to `topic`, on every node with a backplane that keeps presence
+    /// (Redis), for topics with [presence](crate::Config::presence); empty for other topics.
+    ///
+    /// # Errors
+    /// [`BackplaneError`](crate::BackplaneError) when the shared state cannot be read.
+    pub async fn presence(
+        &self,
+        topic: &str,
+    ) -> Result<Vec<crate::PresenceEntry>, crate::BackplaneError> {
+        crate::presence::read(&self.core, topic).await
+    }
+
     /// Subscribes session `id` to `topic`; `Ok(false)` when already subscribed or closing.
     pub fn subscribe(&self, id: SessionId, topic: &str) -> Result<bool, TopicError> {
-        let s = self.core.registry.get(id).ok_or(TopicError::NotFound(id))?;
-        self.core.registry.subscribe(&s, topic)
+        let session = self.session(id).ok_or(TopicError::NotFound(id))?;
+        session.subscribe(topic)
     }
 
     /// Unsubscribes session `id` from `topic`; `Ok(false)` when it was not subscribed.
     pub fn unsubscribe(&self, id: SessionId, topic: &str) -> Result<bool, TopicError> {
-        self.core
-            .registry
-            .with(id, |s| self.core.registry.unsubscribe(s, topic))
-            .ok_or(TopicError::NotFound(id))
+        let session = self.session(id).ok_or(TopicError::NotFound(id))?;
+        Ok(session.unsubscribe(topic))
     }
 
     /// Closes session `id` with `code` and `reason` once the messages already queued for it are
@@ -480,6 +538,8 @@ pub(crate) struct Core {
     pub(crate) registry: Registry,
     pub(crate) counters: Arc<Counters>,
     pub(crate) backplane: Option<Arc<dyn Backplane>>,
+    pub(crate) histories: crate::history::Histories,
+    pub(crate) presence: crate::presence::Presence,
     epoch: Instant,
     clock_ms: std::sync::atomic::AtomicU64,
     stop: watch::Sender<bool>,

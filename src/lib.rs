@@ -118,9 +118,12 @@ mod frame;
 mod handler;
 mod handshake;
 mod heartbeat;
+mod history;
 mod hub;
+mod json;
 mod message;
 mod outbox;
+mod presence;
 mod prometheus;
 mod registry;
 mod session;
@@ -147,8 +150,10 @@ pub use client::{Client, ClientBuilder, ClientClosed, ClientState, ConnectError}
 pub use config::{Config, SlowConsumerPolicy};
 pub use error::{FullOutcome, RemoteError, SendError, TopicError, validate_topic};
 pub use handler::{CloseReason, Handler, Reject, Request};
+pub use history::{ClientCommand, HistoryError, HistoryPolicy, HistoryRead, Position, Recovered};
 pub use hub::{Delivery, Hub, HubBuilder};
 pub use message::{CloseCode, CloseFrame, Message, Text};
+pub use presence::PresenceEntry;
 pub use session::{Session, SessionId};
 pub use stats::Stats;
 

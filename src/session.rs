@@ -158,12 +158,94 @@ impl Session {
 
     /// Subscribes to `topic`; `Ok(false)` when already subscribed or closing.
     pub fn subscribe(&self, topic: &str) -> Result<bool, TopicError> {
-        self.hub.core.registry.subscribe(&self.inner, topic)
+        let added = self.hub.core.registry.subscribe(&self.inner, topic)?;
+        if added {
+            crate::presence::joined(self, topic);
+        }
+        Ok(added)
     }
 
     /// Unsubscribes from `topic`; false when not subscribed.
     pub fn unsubscribe(&self, topic: &str) -> bool {
-        self.hub.core.registry.unsubscribe(&self.inner, topic)
+        let removed = self.hub.core.registry.unsubscribe(&self.inner, topic);
+        if removed {
+            crate::presence::left(&self.hub.core, self, topic);
+        }
+        removed
+    }
+
+    /// Subscribes to `topic` and first queues exactly the publications made after `since`,
+    /// the last position this client saw: no gap and no duplicate between them and the live
+    /// publications that follow, even while others publish concurrently.
+    ///
+    /// When `since` cannot be served (older than the history kept, another epoch, a topic
+    /// without history) nothing is replayed and [`Recovered::Unrecoverable`](crate::Recovered)
+    /// says so: the application should send the full state. In every `Ok` case the session is
+    /// subscribed. With [`Config::envelope`](crate::Config::envelope), a `subscribed` or
+    /// `unrecoverable` message (PROTOCOL.md) is queued before the replay.
+    ///
+    /// # Errors
+    /// [`HistoryError::InvalidName`](crate::HistoryError::InvalidName),
+    /// [`HistoryError::Closing`](crate::HistoryError::Closing), or
+    /// [`HistoryError::Backplane`](crate::HistoryError::Backplane) when the shared log cannot
+    /// be read (then the session is not subscribed).
+    ///
+    /// # Cancel safety
+    /// On a single node it completes without waiting. With a backplane, dropping the future
+    /// during the read leaves the session unsubscribed from `topic`.
+    ///
+    /// ```
+    /// # async fn f(session: &wshub::Session, last_seen: wshub::Position) {
+    /// match session.subscribe_from("board", last_seen).await {
+    ///     Ok(wshub::Recovered::Unrecoverable { .. }) => { /* send a full snapshot */ }
+    ///     Ok(_) => {}
+    ///     Err(e) => eprintln!("{e}"),
+    /// }
+    /// # }
+    /// ```
+    pub async fn subscribe_from(
+        &self,
+        topic: &str,
+        since: crate::Position,
+    ) -> Result<crate::Recovered, crate::HistoryError> {
+        crate::history::join(self, topic, Some(since)).await
+    }
+
+    /// Applies a control message of the JSON protocol (see
+    /// [`ClientCommand`](crate::ClientCommand) and PROTOCOL.md): a subscribe with or without
+    /// `since`, or an unsubscribe. With [`Config::envelope`](crate::Config::envelope), a
+    /// subscribe is answered with `subscribed` or `unrecoverable`.
+    ///
+    /// # Return
+    /// What a subscribe did; `Recovered::Live { position: None }` for an unsubscribe.
+    ///
+    /// # Errors
+    /// As [`subscribe_from`](Self::subscribe_from).
+    ///
+    /// ```
+    /// # struct App;
+    /// #[wshub::async_trait]
+    /// impl wshub::Handler for App {
+    ///     async fn on_message(&self, s: &wshub::Session, m: wshub::Message) {
+    ///         if let Some(command) = wshub::ClientCommand::parse(&m) {
+    ///             let _ = s.apply(&command).await;
+    ///         }
+    ///     }
+    /// }
+    /// ```
+    pub async fn apply(
+        &self,
+        command: &crate::ClientCommand,
+    ) -> Result<crate::Recovered, crate::HistoryError> {
+        match command {
+            crate::ClientCommand::Subscribe { topic, since } => {
+                crate::history::join(self, topic, *since).await
+            }
+            crate::ClientCommand::Unsubscribe { topic } => {
+                self.unsubscribe(topic);
+                Ok(crate::Recovered::Live { position: None })
+            }
+        }
     }
 
     /// The topics this session is subscribed to.

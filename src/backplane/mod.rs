@@ -115,6 +115,74 @@ pub trait Backplane: Send + Sync + 'static {
         let _ = topic;
         Err(BackplaneError::Unsupported)
     }
+
+    /// Whether this backplane keeps the history of topics with
+    /// [history](crate::Config::history) for the whole cluster. When it does, the hub hands
+    /// such publications to [`publish_recorded`](Self::publish_recorded) instead of
+    /// delivering them itself, and reads history with [`history_read`](Self::history_read).
+    /// Default: `false` (each node keeps its own history, which is only right for one node).
+    fn keeps_history(&self) -> bool {
+        false
+    }
+
+    /// Appends `message` to the shared log of `topic`, numbering it, and hands it with its
+    /// [`Position`](crate::Position) to every node with interest in the topic, **this one
+    /// included**, through [`LocalNode::deliver_recorded`], in log order. Never blocks.
+    fn publish_recorded(
+        &self,
+        topic: &str,
+        message: &Message,
+        policy: &crate::HistoryPolicy,
+    ) -> Remote {
+        let _ = (topic, message, policy);
+        Remote::NotConfigured
+    }
+
+    /// Resolves once publications of `topic` reach this node (its subscription to the topic is
+    /// in place) **and** every publication sent to this node before the call has been handed
+    /// to [`LocalNode::deliver_recorded`]. A recovering session calls it before reading the
+    /// log (so nothing after the read is missed) and after (so nothing the read saw is still
+    /// in flight and delivered twice).
+    ///
+    /// # Errors
+    /// A connection error when it cannot be established.
+    async fn topic_ready(&self, topic: &str) -> Result<(), BackplaneError> {
+        let _ = topic;
+        Ok(())
+    }
+
+    /// Reads the shared log of `topic` after `since` (all of it when `None`).
+    ///
+    /// # Errors
+    /// [`BackplaneError::Unsupported`] unless [`keeps_history`](Self::keeps_history); a
+    /// connection error.
+    async fn history_read(
+        &self,
+        topic: &str,
+        since: Option<crate::Position>,
+        policy: &crate::HistoryPolicy,
+    ) -> Result<crate::HistoryRead, BackplaneError> {
+        let _ = (topic, since, policy);
+        Err(BackplaneError::Unsupported)
+    }
+
+    /// Session `id` of this node joined `topic` with presence `info`, or left it (`None`).
+    /// Never blocks.
+    fn presence_changed(&self, topic: &str, id: SessionId, info: Option<&str>) {
+        let _ = (topic, id, info);
+    }
+
+    /// The sessions present on `topic` on every live node.
+    ///
+    /// # Errors
+    /// [`BackplaneError::Unsupported`] unless implemented; a connection error.
+    async fn cluster_presence(
+        &self,
+        topic: &str,
+    ) -> Result<Vec<crate::PresenceEntry>, BackplaneError> {
+        let _ = topic;
+        Err(BackplaneError::Unsupported)
+    }
 }
 
 /// Which nodes an envelope is for.
@@ -386,6 +454,14 @@ impl Envelope {
     }
 }
 
+fn message_of(opcode: u8, payload: &[u8]) -> Message {
+    let payload = Bytes::copy_from_slice(payload);
+    match opcode {
+        frame::OP_TEXT => Message::Text(Text::from_validated(payload)),
+        _ => Message::Binary(payload),
+    }
+}
+
 /// The node number in the top 16 bits of a session id.
 pub(crate) fn node_of(id: SessionId) -> u16 {
     (id.0 >> 48) as u16
@@ -551,6 +627,11 @@ impl LocalNode {
         let frame = || frame::encode(raw.opcode, raw.payload);
         let report = match raw.kind {
             KIND_BROADCAST => core.registry.deliver_all(&frame(), raw.id),
+            KIND_PUBLISH if core.config.envelope => {
+                let message = message_of(raw.opcode, raw.payload);
+                let frame = crate::history::frame_for(&core, raw.topic, None, &message);
+                core.registry.deliver_topic(raw.topic, &frame, raw.id)
+            }
             KIND_PUBLISH => core.registry.deliver_topic(raw.topic, &frame(), raw.id),
             KIND_SEND => {
                 let to = raw.target()?;
@@ -583,6 +664,21 @@ impl LocalNode {
         Ok(report)
     }
 
+    /// Delivers a numbered publication of a topic with history, from the shared log (see
+    /// [`Backplane::publish_recorded`]), to this node's subscribers, including the ones this
+    /// node published itself. Sessions recovering the topic get it after their replay.
+    pub fn deliver_recorded(
+        &self,
+        topic: &str,
+        position: crate::Position,
+        message: &Message,
+    ) -> Delivery {
+        match self.core.upgrade() {
+            Some(core) => crate::history::deliver_recorded(&core, topic, position, message),
+            None => Delivery::default(),
+        }
+    }
+
     /// Sessions connected to this node now.
     pub fn session_count(&self) -> usize {
         self.core.upgrade().map_or(0, |c| c.registry.len())
@@ -590,9 +686,9 @@ impl LocalNode {
 
     /// Subscribers of `topic` on this node now.
     pub fn subscriber_count(&self, topic: &str) -> usize {
-        self.core
-            .upgrade()
-            .map_or(0, |c| c.registry.topic_len(topic))
+        self.core.upgrade().map_or(0, |c| {
+            c.registry.topic_len(topic) + c.histories.recovering(topic)
+        })
     }
 
     /// The topics with at least one subscriber on this node, sorted.

@@ -281,6 +281,12 @@ struct Shared {
     sub_up: AtomicBool,
     closed: AtomicBool,
     local: OnceLock<LocalNode>,
+    /// Topic channels the subscription connection has confirmed (for `topic_ready`).
+    ready: Mutex<HashSet<String>>,
+    ready_changed: Notify,
+    /// Barriers for the subscriber: answered once everything Redis sent before is delivered.
+    barriers: Mutex<Vec<tokio::sync::oneshot::Sender<()>>>,
+    barrier_wake: Notify,
     /// Topics whose local interest may have changed since the subscriber last looked.
     dirty: Mutex<HashSet<String>>,
     dirty_wake: Notify,
@@ -339,18 +345,77 @@ impl Names {
     fn node_seq(&self) -> String {
         format!("{}:node-seq", self.prefix)
     }
+    /// Epoch, sequence and stream of a topic's history.
+    fn history(&self, topic: &str) -> [String; 3] {
+        let p = &self.prefix;
+        [
+            format!("{p}:history:{topic}:epoch"),
+            format!("{p}:history:{topic}:seq"),
+            format!("{p}:history:{topic}:log"),
+        ]
+    }
+    fn presence(&self, topic: &str) -> String {
+        format!("{}:presence:{topic}", self.prefix)
+    }
 }
 
 enum Channel {
     All,
     Node(u16),
     Topic(String),
+    /// A publication to a topic with history: appended to its stream and published by
+    /// [`RECORD`] in one step. The envelope is a publish envelope.
+    Recorded {
+        topic: String,
+        max_messages: usize,
+    },
+    /// Presence of one session on a topic: `HSET` (with a value) or `HDEL` (without).
+    Presence {
+        topic: String,
+        id: u64,
+        info: Option<String>,
+    },
 }
 
 struct Outgoing {
     channel: Channel,
     envelope: Bytes,
 }
+
+/// Numbers a publication and appends it to the topic's stream, then publishes it, in one
+/// atomic step, so that the order of the stream is the order of delivery on every node.
+/// KEYS: epoch, sequence, stream. ARGV: channel, envelope, max length, a new epoch (8 bytes)
+/// in case the history is gone. The published message is `R`, the epoch (8 bytes), the offset
+/// (8 bytes, big-endian), then the envelope. Returns the number of receivers.
+const RECORD: &str = r"
+local epoch = redis.call('GET', KEYS[1])
+if not epoch then
+  epoch = ARGV[4]
+  redis.call('SET', KEYS[1], epoch)
+  redis.call('DEL', KEYS[2], KEYS[3])
+end
+local offset = redis.call('INCR', KEYS[2])
+local t = redis.call('TIME')
+local ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[3], offset .. '-0', 'e', ARGV[2], 't', ms)
+local n, be = offset, ''
+for i = 1, 8 do
+  be = string.char(n % 256) .. be
+  n = math.floor(n / 256)
+end
+return redis.call('PUBLISH', ARGV[1], 'R' .. epoch .. be .. ARGV[2])
+";
+
+/// Reads a topic's history: creates the epoch when there is none (so that it is stable from
+/// the first reader on), and returns epoch, sequence, Redis time (ms) and the stream entries
+/// from ARGV[1] on. KEYS: epoch, sequence, stream. ARGV: first id, a new epoch.
+const READ_HISTORY: &str = r"
+redis.call('SET', KEYS[1], ARGV[2], 'NX')
+local t = redis.call('TIME')
+local ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+return {redis.call('GET', KEYS[1]), redis.call('GET', KEYS[2]) or '0', ms,
+        redis.call('XRANGE', KEYS[3], ARGV[1], '+')}
+";
 
 /// Renews this node's lease: 1 when it had lapsed and was taken again, 0 when renewed, -1 when
 /// another node holds it.
@@ -428,6 +493,10 @@ impl RedisBackplane {
             sub_up: AtomicBool::new(true),
             closed: AtomicBool::new(false),
             local: OnceLock::new(),
+            ready: Mutex::default(),
+            ready_changed: Notify::new(),
+            barriers: Mutex::default(),
+            barrier_wake: Notify::new(),
             dirty: Mutex::default(),
             dirty_wake: Notify::new(),
             check: Notify::new(),
@@ -560,27 +629,101 @@ impl Backplane for RedisBackplane {
             Route::Node(n) => Channel::Node(n),
             Route::Topic(t) => Channel::Topic(s.names.topic(t)),
         };
-        match s.queue.try_send(Outgoing { channel, envelope }) {
-            Ok(()) => Remote::Queued,
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                s.stats.failed_full.fetch_add(1, Relaxed);
-                if !s.full_warned.swap(true, Relaxed) {
-                    tracing::warn!(
-                        capacity = s.config.queue_capacity,
-                        "backplane queue full: messages are not sent to other nodes until \
-                         Redis catches up"
-                    );
-                }
-                Remote::Failed(RemoteError::Full)
-            }
-            Err(mpsc::error::TrySendError::Closed(_)) => Remote::Failed(RemoteError::Closed),
-        }
+        self.enqueue(Outgoing { channel, envelope })
     }
 
     fn interest_changed(&self, topic: &str) {
         let s = &self.shared;
         lock(&s.dirty).insert(topic.to_owned());
         s.dirty_wake.notify_one();
+    }
+
+    fn keeps_history(&self) -> bool {
+        true
+    }
+
+    fn publish_recorded(
+        &self,
+        topic: &str,
+        message: &crate::Message,
+        policy: &crate::HistoryPolicy,
+    ) -> Remote {
+        let envelope =
+            super::encode_message(super::KIND_PUBLISH, self.shared.node, None, topic, message);
+        let channel = Channel::Recorded {
+            topic: topic.to_owned(),
+            max_messages: policy.max_messages,
+        };
+        self.publish_checked(Outgoing { channel, envelope })
+    }
+
+    async fn topic_ready(&self, topic: &str) -> Result<(), BackplaneError> {
+        let s = &self.shared;
+        let channel = s.names.topic(topic);
+        let wait = || async {
+            loop {
+                let changed = s.ready_changed.notified();
+                let mut changed = std::pin::pin!(changed);
+                changed.as_mut().enable();
+                if lock(&s.ready).contains(&channel) {
+                    return;
+                }
+                changed.await;
+            }
+        };
+        let barrier = async {
+            loop {
+                wait().await;
+                // Then pending (un)subscriptions are done and everything Redis published to us
+                // before now is delivered: a publication read from the log may still be on its
+                // way over the subscription otherwise.
+                let (tx, rx) = tokio::sync::oneshot::channel();
+                lock(&s.barriers).push(tx);
+                s.barrier_wake.notify_one();
+                rx.await?;
+                if lock(&s.ready).contains(&channel) {
+                    return Ok::<(), tokio::sync::oneshot::error::RecvError>(());
+                }
+            }
+        };
+        match tokio::time::timeout(s.config.response_timeout * 2, barrier).await {
+            Ok(Ok(())) => Ok(()),
+            _ => Err(connection_error(timed_out())),
+        }
+    }
+
+    async fn history_read(
+        &self,
+        topic: &str,
+        since: Option<crate::Position>,
+        policy: &crate::HistoryPolicy,
+    ) -> Result<crate::HistoryRead, BackplaneError> {
+        self.shared
+            .history_read(topic, since, policy)
+            .await
+            .map_err(|e| match e {
+                ReadError::Redis(e) => connection_error(e),
+                ReadError::Malformed(what) => connection_error(std::io::Error::other(what)),
+            })
+    }
+
+    fn presence_changed(&self, topic: &str, id: crate::SessionId, info: Option<&str>) {
+        let channel = Channel::Presence {
+            topic: topic.to_owned(),
+            id: id.as_u64(),
+            info: info.map(|i| format!("{}\n{i}", self.shared.token)),
+        };
+        let _ = self.publish_checked(Outgoing {
+            channel,
+            envelope: Bytes::new(),
+        });
+    }
+
+    async fn cluster_presence(
+        &self,
+        topic: &str,
+    ) -> Result<Vec<crate::PresenceEntry>, BackplaneError> {
+        self.shared.presence(topic).await.map_err(connection_error)
     }
 
     async fn cluster_sessions(&self) -> Result<ClusterCount, BackplaneError> {
@@ -595,6 +738,39 @@ impl Backplane for RedisBackplane {
             .cluster_count(Some(topic))
             .await
             .map_err(connection_error)
+    }
+}
+
+impl RedisBackplane {
+    fn publish_checked(&self, o: Outgoing) -> Remote {
+        let s = &self.shared;
+        if s.closed.load(Relaxed) {
+            return Remote::Failed(RemoteError::Closed);
+        }
+        if !s.up.load(Relaxed) {
+            s.stats.failed_down.fetch_add(1, Relaxed);
+            return Remote::Failed(RemoteError::Down);
+        }
+        self.enqueue(o)
+    }
+
+    fn enqueue(&self, o: Outgoing) -> Remote {
+        let s = &self.shared;
+        match s.queue.try_send(o) {
+            Ok(()) => Remote::Queued,
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                s.stats.failed_full.fetch_add(1, Relaxed);
+                if !s.full_warned.swap(true, Relaxed) {
+                    tracing::warn!(
+                        capacity = s.config.queue_capacity,
+                        "backplane queue full: messages are not sent to other nodes until \
+                         Redis catches up"
+                    );
+                }
+                Remote::Failed(RemoteError::Full)
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => Remote::Failed(RemoteError::Closed),
+        }
     }
 }
 
@@ -765,6 +941,126 @@ impl Shared {
         Ok(conn)
     }
 
+    async fn history_read(
+        &self,
+        topic: &str,
+        since: Option<crate::Position>,
+        policy: &crate::HistoryPolicy,
+    ) -> Result<crate::HistoryRead, ReadError> {
+        let mut conn = self.control_connection().await?;
+        let [epoch_key, seq, log] = self.names.history(topic);
+        let first = since.map_or("-".to_owned(), |p| format!("{}-0", p.offset + 1));
+        let new_epoch = (random_u64() & ((1 << 53) - 1)).max(1);
+        let answer: r::RedisResult<r::Value> = r::cmd("EVAL")
+            .arg(READ_HISTORY)
+            .arg(3)
+            .arg(epoch_key)
+            .arg(seq)
+            .arg(log)
+            .arg(first)
+            .arg(&new_epoch.to_be_bytes()[..])
+            .query_async(&mut conn)
+            .await;
+        let answer = match answer {
+            Ok(a) => a,
+            Err(e) => {
+                self.drop_control_connection().await;
+                return Err(e.into());
+            }
+        };
+        let (epoch, last, now_ms, entries): HistoryAnswer =
+            r::from_redis_value(answer).map_err(|_| ReadError::Malformed("history answer"))?;
+        let epoch = u64::from_be_bytes(
+            epoch
+                .as_slice()
+                .try_into()
+                .map_err(|_| ReadError::Malformed("epoch"))?,
+        );
+        let oldest_ms = policy
+            .max_age
+            .map_or(0, |age| now_ms.saturating_sub(age.as_millis() as u64));
+        let mut out = Vec::with_capacity(entries.len());
+        let mut first_offset = None;
+        for (id, fields) in entries {
+            let offset: u64 = id
+                .split_once('-')
+                .and_then(|(o, _)| o.parse().ok())
+                .ok_or(ReadError::Malformed("stream id"))?;
+            let at: u64 = fields
+                .get("t")
+                .and_then(|t| std::str::from_utf8(t).ok()?.parse().ok())
+                .unwrap_or(0);
+            // `MAXLEN ~` trims approximately; the policy's count is applied exactly here.
+            let evicted = offset.saturating_add(policy.max_messages as u64) <= last;
+            if at < oldest_ms || evicted {
+                continue; // too old to be replayed
+            }
+            let envelope = fields.get("e").ok_or(ReadError::Malformed("entry"))?;
+            let Ok(super::Envelope {
+                action: super::Action::Publish { message, .. },
+                ..
+            }) = super::Envelope::decode(envelope)
+            else {
+                return Err(ReadError::Malformed("entry envelope"));
+            };
+            first_offset.get_or_insert(offset);
+            out.push((crate::Position::new(epoch, offset), message));
+        }
+        let last = out.last().map_or(last, |(p, _)| p.offset.max(last));
+        let current = crate::Position::new(epoch, last);
+        let complete = match since {
+            None => true,
+            Some(p) if p.epoch != epoch || p.offset > last => false,
+            Some(p) if p.offset == last => true,
+            Some(p) => first_offset == Some(p.offset + 1),
+        };
+        Ok(crate::HistoryRead::new(current, out, complete))
+    }
+
+    /// The presence entries of `topic` whose node still holds the lease it wrote them under;
+    /// the others (a crashed node's) are removed.
+    async fn presence(&self, topic: &str) -> r::RedisResult<Vec<crate::PresenceEntry>> {
+        let mut conn = self.control_connection().await?;
+        let key = self.names.presence(topic);
+        let all: HashMap<u64, String> = r::cmd("HGETALL").arg(&key).query_async(&mut conn).await?;
+        let mut nodes: Vec<u16> = all.keys().map(|id| (id >> 48) as u16).collect();
+        nodes.sort_unstable();
+        nodes.dedup();
+        let mut tokens = HashMap::new();
+        if !nodes.is_empty() {
+            let mut mget = r::cmd("MGET");
+            for n in &nodes {
+                mget.arg(self.names.lease(*n));
+            }
+            let leases: Vec<Option<String>> = mget.query_async(&mut conn).await?;
+            tokens.extend(nodes.into_iter().zip(leases));
+        }
+        let mut present = Vec::new();
+        let mut dead = Vec::new();
+        for (id, value) in all {
+            let (token, info) = value.split_once('\n').unwrap_or((&value, ""));
+            let live = tokens.get(&((id >> 48) as u16)).and_then(Option::as_deref) == Some(token);
+            if live {
+                let info = (!info.is_empty()).then(|| info.to_owned());
+                present.push(crate::PresenceEntry::new(
+                    crate::SessionId::from_u64(id),
+                    info,
+                ));
+            } else {
+                dead.push(id);
+            }
+        }
+        if !dead.is_empty() {
+            let _: r::RedisResult<i64> = r::cmd("HDEL")
+                .arg(&key)
+                .arg(dead)
+                .query_async(&mut conn)
+                .await;
+        }
+        present.sort_by_key(|e| e.id);
+        Ok(present)
+    }
+
     async fn drop_control_connection(&self) {
         *self.control.lock().await = None;
     }
@@ -897,11 +1193,41 @@ async fn send_batch(
 ) -> r::RedisResult<()> {
     let mut pipe = r::pipe();
     for o in batch {
+        match &o.channel {
+            Channel::Recorded {
+                topic,
+                max_messages,
+            } => {
+                let [epoch, seq, log] = shared.names.history(topic);
+                let new_epoch = (random_u64() & ((1 << 53) - 1)).max(1);
+                pipe.cmd("EVAL")
+                    .arg(RECORD)
+                    .arg(3)
+                    .arg(epoch)
+                    .arg(seq)
+                    .arg(log)
+                    .arg(shared.names.topic(topic))
+                    .arg(&o.envelope[..])
+                    .arg(*max_messages)
+                    .arg(&new_epoch.to_be_bytes()[..]);
+                continue;
+            }
+            Channel::Presence { topic, id, info } => {
+                let key = shared.names.presence(topic);
+                match info {
+                    Some(info) => pipe.cmd("HSET").arg(key).arg(*id).arg(info),
+                    None => pipe.cmd("HDEL").arg(key).arg(*id),
+                };
+                continue;
+            }
+            _ => {}
+        }
         let cmd = pipe.cmd("PUBLISH");
         match &o.channel {
             Channel::All => cmd.arg(&shared.names.all),
             Channel::Node(n) => cmd.arg(shared.names.node(*n)),
             Channel::Topic(name) => cmd.arg(name),
+            Channel::Recorded { .. } | Channel::Presence { .. } => unreachable!("handled above"),
         }
         .arg(&o.envelope[..]);
     }
@@ -984,6 +1310,20 @@ async fn reconnect_publisher(
 
 // The subscriber.
 
+/// Epoch, sequence, Redis time (ms) and stream entries, as `READ_HISTORY` returns them.
+type HistoryAnswer = (Vec<u8>, u64, u64, Vec<(String, HashMap<String, Vec<u8>>)>);
+
+enum ReadError {
+    Redis(r::RedisError),
+    Malformed(&'static str),
+}
+
+impl From<r::RedisError> for ReadError {
+    fn from(e: r::RedisError) -> Self {
+        ReadError::Redis(e)
+    }
+}
+
 enum Ended {
     Stopped,
     Lost(r::RedisError),
@@ -997,6 +1337,7 @@ async fn run_subscriber(shared: Arc<Shared>, mut sink: PubSubSink, mut stream: P
             Ended::Lost(e) => e,
         };
         shared.sub_up.store(false, Relaxed);
+        lock(&shared.ready).clear();
         shared.stats.topic_channels.store(0, Relaxed);
         tracing::error!(
             node = shared.node,
@@ -1055,6 +1396,28 @@ async fn subscribed(
                     std::io::ErrorKind::ConnectionReset,
                 ))),
             },
+            _ = shared.barrier_wake.notified() => {
+                let waiting = std::mem::take(&mut *lock(&shared.barriers));
+                if let Err(e) = reconcile(shared, sink, topics).await {
+                    return Ended::Lost(e);
+                }
+                let answered = tokio::time::timeout(
+                    shared.config.response_timeout,
+                    sink.ping::<r::Value>(),
+                );
+                match answered.await {
+                    Ok(Ok(_)) => {}
+                    Ok(Err(e)) => return Ended::Lost(e),
+                    Err(_) => return Ended::Lost(timed_out()),
+                }
+                // Messages Redis sent before the pong are in the stream already.
+                while let Some(Some(msg)) = futures_util::FutureExt::now_or_never(stream.next()) {
+                    receive(shared, msg.get_payload_bytes(), msg.get_channel_name());
+                }
+                for tx in waiting {
+                    let _ = tx.send(());
+                }
+            }
             _ = shared.dirty_wake.notified() => {
                 if let Err(e) = reconcile(shared, sink, topics).await {
                     return Ended::Lost(e);
@@ -1077,6 +1440,29 @@ async fn subscribed(
 }
 
 fn receive(shared: &Shared, envelope: &[u8], channel: &str) {
+    if let Some(recorded) = envelope.strip_prefix(b"R") {
+        // A publication from a topic's history: every node delivers it, the publisher's too.
+        let Some(local) = shared.local.get() else {
+            return;
+        };
+        let decoded = (recorded.len() > 16)
+            .then(|| super::Envelope::decode(&recorded[16..]).ok())
+            .flatten();
+        match decoded.map(|e| e.action) {
+            Some(super::Action::Publish { topic, message, .. }) => {
+                let epoch = u64::from_be_bytes(recorded[..8].try_into().expect("8 bytes"));
+                let offset = u64::from_be_bytes(recorded[8..16].try_into().expect("8 bytes"));
+                let position = crate::Position::new(epoch, offset);
+                local.deliver_recorded(&topic, position, &message);
+                shared.stats.received.fetch_add(1, Relaxed);
+            }
+            _ => {
+                shared.stats.malformed.fetch_add(1, Relaxed);
+                tracing::warn!(channel, "ignored a malformed history publication");
+            }
+        }
+        return;
+    }
     let own = envelope.first() == Some(&super::VERSION)
         && envelope.get(3..5) == Some(&shared.node.to_be_bytes()[..]);
     if own {
@@ -1136,10 +1522,13 @@ async fn reconcile(
             return Err(e);
         }
         if subscribe {
+            lock(&shared.ready).insert(channel);
             topics.insert(topic);
         } else {
+            lock(&shared.ready).remove(&channel);
             topics.remove(&topic);
         }
+        shared.ready_changed.notify_waiters();
         shared.stats.topic_channels.store(topics.len(), Relaxed);
     }
     Ok(())
