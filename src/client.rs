@@ -1,12 +1,13 @@
 //! A WebSocket client that stays connected (feature `client`): reconnects with exponential
 //! backoff and jitter, re-subscribes its topics, and exposes its state.
 
+use std::collections::HashMap;
 use std::collections::hash_map::RandomState;
 use std::fmt;
 use std::hash::{BuildHasher, Hasher};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -19,10 +20,14 @@ use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::{self, client::IntoClientRequest};
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
+use crate::history::Position;
+use crate::json;
 use crate::message::{Message, Text};
 
 type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
 type TopicMessage = dyn Fn(&str) -> Message + Send + Sync;
+/// The last position received per held topic, shared by the handle and the task.
+type Positions = Arc<Mutex<HashMap<String, Position>>>;
 
 /// A connection that survives server restarts: it reconnects with exponential backoff and
 /// jitter, subscribes again to the topics it had, and offers [`send`](Client::send) and a
@@ -56,6 +61,41 @@ type TopicMessage = dyn Fn(&str) -> Message + Send + Sync;
 /// subscribe message of each topic it holds, in the order they were first subscribed,
 /// before anything else.
 ///
+/// # Recovery
+/// When the server speaks the JSON envelope of `PROTOCOL.md`
+/// ([`Config::envelope`](crate::Config::envelope) with
+/// [`Config::history`](crate::Config::history)), the client remembers, for each topic it holds,
+/// the [`Position`] of the last publication it received ([`position`](Client::position)), and
+/// after a reconnection subscribes with
+/// `{"type":"subscribe","topic":…,"since":{"epoch":"…","offset":…}}`: the server then replays
+/// exactly what was missed, before the live publications. A publication the client already
+/// received (same epoch, offset not newer) is not passed on again. When the server cannot
+/// replay (its history was lost, e.g. it restarted, or the gap is older than what it keeps) it
+/// answers `unrecoverable`: the stream yields that message, which
+/// [`ServerMessage::parse`] reads as [`ServerMessage::Unrecoverable`], and the application
+/// reloads the topic's state by other means. Every envelope message is passed on as received
+/// (text); parse it with [`ServerMessage::parse`]. With a custom
+/// [`subscribe_message`](ClientBuilder::subscribe_message) no `since` is sent.
+///
+/// ```no_run
+/// use wshub::{Client, ServerMessage};
+///
+/// # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let mut client = Client::connect("ws://127.0.0.1:8080/ws").await?;
+/// client.subscribe("board").await?;
+/// while let Some(message) = client.recv().await {
+///     match ServerMessage::parse(&message) {
+///         Some(ServerMessage::Pub { data, position, .. }) => println!("{position:?}: {data:?}"),
+///         Some(ServerMessage::Unrecoverable { topic, .. }) => {
+///             println!("missed publications on {topic} are lost: reload its state");
+///         }
+///         _ => {}
+///     }
+///     println!("resume point: {:?}", client.position("board"));
+/// }
+/// # Ok(()) }
+/// ```
+///
 /// # Delivery
 /// Sending is at most once: [`send`](Client::send) queues the message (waiting for room in a
 /// bounded queue), and messages queued while disconnected go out after the next connection's
@@ -73,6 +113,7 @@ pub struct Client {
     inbound: mpsc::Receiver<Message>,
     state: watch::Receiver<ClientState>,
     closing: watch::Sender<bool>,
+    positions: Positions,
 }
 
 /// Where a [`Client`] is in its life, from [`Client::state`].
@@ -156,6 +197,7 @@ pub struct ClientBuilder {
     queue_capacity: usize,
     subscribe: Arc<TopicMessage>,
     unsubscribe: Arc<TopicMessage>,
+    custom_subscribe: bool,
 }
 
 impl ClientBuilder {
@@ -203,7 +245,9 @@ impl ClientBuilder {
     }
 
     /// The message that subscribes to a topic, and the one that unsubscribes. Default:
-    /// `{"type":"subscribe","topic":…}` and `{"type":"unsubscribe","topic":…}`.
+    /// `{"type":"subscribe","topic":…}` and `{"type":"unsubscribe","topic":…}`, with
+    /// `"since":{…}` after a reconnection when the position is known (see
+    /// [Recovery](Client#recovery)); a custom subscribe message never carries `since`.
     ///
     /// ```
     /// let builder = wshub::Client::builder("ws://127.0.0.1:8080/ws")
@@ -216,6 +260,7 @@ impl ClientBuilder {
     ) -> Self {
         self.subscribe = Arc::new(subscribe);
         self.unsubscribe = Arc::new(unsubscribe);
+        self.custom_subscribe = true;
         self
     }
 
@@ -277,6 +322,7 @@ impl ClientBuilder {
             queue_capacity: self.queue_capacity,
             subscribe: self.subscribe,
             unsubscribe: self.unsubscribe,
+            custom_subscribe: self.custom_subscribe,
         }))
     }
 }
@@ -304,6 +350,7 @@ impl Client {
             queue_capacity: 1024,
             subscribe: Arc::new(|topic| json_topic_message("subscribe", topic)),
             unsubscribe: Arc::new(|topic| json_topic_message("unsubscribe", topic)),
+            custom_subscribe: false,
         }
     }
 
@@ -369,6 +416,24 @@ impl Client {
         self.state.clone()
     }
 
+    /// The position of the last publication received on `topic`, from a server that sends
+    /// the JSON envelope (see [Recovery](Client#recovery)): what the next reconnection
+    /// subscribes `since`. `None` for a topic not held, without history, or before the
+    /// server's first answer. It counts what the client received, which may still wait in the
+    /// queue of [`recv`](Self::recv); after an `unrecoverable` answer it is the server's
+    /// current position.
+    ///
+    /// ```no_run
+    /// # fn f(client: &wshub::Client) {
+    /// if let Some(p) = client.position("board") {
+    ///     println!("board: epoch {} offset {}", p.epoch, p.offset);
+    /// }
+    /// # }
+    /// ```
+    pub fn position(&self, topic: &str) -> Option<Position> {
+        lock(&self.positions).get(topic).copied()
+    }
+
     /// Closes the connection with code 1000 (messages already queued are sent first) and stops
     /// reconnecting. [`recv`](Self::recv) still returns what had arrived, then `None`.
     pub async fn close(&self) {
@@ -415,6 +480,154 @@ fn json_topic_message(kind: &str, topic: &str) -> Message {
     Message::text(out)
 }
 
+/// `{"type":"subscribe","topic":…,"since":{"epoch":"…","offset":…}}` (PROTOCOL.md).
+fn json_subscribe_since(topic: &str, since: Position) -> Message {
+    let mut out = String::from(r#"{"type":"subscribe","topic":"#);
+    json::write_str(&mut out, topic);
+    out.push_str(&format!(
+        r#","since":{{"epoch":"{}","offset":{}}}}}"#,
+        since.epoch, since.offset
+    ));
+    Message::text(out)
+}
+
+fn lock(positions: &Positions) -> MutexGuard<'_, HashMap<String, Position>> {
+    positions.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// A message of the server's JSON envelope (`PROTOCOL.md`), as read by
+/// [`ServerMessage::parse`] from what [`Client::recv`] returns.
+///
+/// ```
+/// use wshub::{Message, Position, ServerMessage};
+/// let m = Message::from(r#"{"type":"pub","topic":"board","epoch":"7","offset":18,"data":"hi"}"#);
+/// match ServerMessage::parse(&m) {
+///     Some(ServerMessage::Pub { topic, position, data, .. }) => {
+///         assert_eq!((topic.as_str(), position), ("board", Some(Position::new(7, 18))));
+///         assert_eq!(data.as_text(), Some("hi"));
+///     }
+///     other => panic!("{other:?}"),
+/// }
+/// let m = Message::from(r#"{"type":"unrecoverable","topic":"board","position":{"epoch":"9","offset":4}}"#);
+/// assert!(matches!(ServerMessage::parse(&m), Some(ServerMessage::Unrecoverable { .. })));
+/// assert_eq!(ServerMessage::parse(&Message::from("plain text")), None);
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ServerMessage {
+    /// `pub`: one publication to `topic`.
+    Pub {
+        /// The topic.
+        topic: String,
+        /// Its position; `None` for a topic without history.
+        position: Option<Position>,
+        /// What was published: text from `data`, binary from `data_base64`.
+        data: Message,
+    },
+    /// `subscribed`: the answer to a subscribe; when `recovered`, exactly `replayed`
+    /// publications follow, then the live ones.
+    Subscribed {
+        /// The topic.
+        topic: String,
+        /// Whether `since` was served.
+        recovered: bool,
+        /// Publications replayed.
+        replayed: u64,
+        /// The position the subscription starts from (`None` without history).
+        position: Option<Position>,
+    },
+    /// `unrecoverable`: `since` could not be served and nothing was replayed. Reload the
+    /// topic's state; live publications follow `position`.
+    Unrecoverable {
+        /// The topic.
+        topic: String,
+        /// The topic's current position (`None` without history).
+        position: Option<Position>,
+    },
+}
+
+impl ServerMessage {
+    /// Reads an envelope message; `None` for anything else (binary, other JSON, malformed).
+    pub fn parse(message: &Message) -> Option<ServerMessage> {
+        let text = message.as_text()?;
+        if !text.trim_start().starts_with('{') {
+            return None;
+        }
+        let v = json::parse(text)?;
+        let topic = v.get("topic")?.as_str()?.to_owned();
+        let position_of = |p: Option<&json::Value>| match p {
+            None | Some(json::Value::Null) => Some(None),
+            Some(p) => Some(Some(Position::new(
+                p.get("epoch")?.as_u64()?,
+                p.get("offset")?.as_u64()?,
+            ))),
+        };
+        match v.get("type")?.as_str()? {
+            "pub" => {
+                let position = match v.get("epoch") {
+                    None => None,
+                    Some(e) => Some(Position::new(e.as_u64()?, v.get("offset")?.as_u64()?)),
+                };
+                let data = match (v.get("data"), v.get("data_base64")) {
+                    (Some(d), _) => Message::text(d.as_str()?.to_owned()),
+                    (None, Some(b)) => Message::binary(decode_base64(b.as_str()?)?),
+                    (None, None) => return None,
+                };
+                Some(ServerMessage::Pub {
+                    topic,
+                    position,
+                    data,
+                })
+            }
+            "subscribed" => Some(ServerMessage::Subscribed {
+                topic,
+                recovered: matches!(v.get("recovered"), Some(json::Value::Bool(true))),
+                replayed: v.get("replayed").and_then(json::Value::as_u64).unwrap_or(0),
+                position: position_of(v.get("position"))?,
+            }),
+            "unrecoverable" => Some(ServerMessage::Unrecoverable {
+                topic,
+                position: position_of(v.get("position"))?,
+            }),
+            _ => None,
+        }
+    }
+}
+
+/// Standard base64 with padding (RFC 4648 §4); `None` when malformed.
+fn decode_base64(s: &str) -> Option<Vec<u8>> {
+    let b = s.as_bytes();
+    if b.len() % 4 != 0 {
+        return None;
+    }
+    let value = |c: u8| -> Option<u32> {
+        Some(match c {
+            b'A'..=b'Z' => c - b'A',
+            b'a'..=b'z' => c - b'a' + 26,
+            b'0'..=b'9' => c - b'0' + 52,
+            b'+' => 62,
+            b'/' => 63,
+            _ => return None,
+        } as u32)
+    };
+    let mut out = Vec::with_capacity(b.len() / 4 * 3);
+    for (i, chunk) in b.chunks(4).enumerate() {
+        let last = i + 1 == b.len() / 4;
+        let pad = chunk.iter().rev().take_while(|c| **c == b'=').count();
+        if pad > 2 || (pad > 0 && !last) {
+            return None;
+        }
+        let mut n = 0u32;
+        for &c in &chunk[..4 - pad] {
+            n = (n << 6) | value(c)?;
+        }
+        n <<= 6 * pad as u32;
+        let bytes = [(n >> 16) as u8, (n >> 8) as u8, n as u8];
+        out.extend_from_slice(&bytes[..3 - pad]);
+    }
+    Some(out)
+}
+
 /// What the handle asks of the connection task.
 enum Command {
     Send(Message),
@@ -431,6 +644,7 @@ struct Settings {
     queue_capacity: usize,
     subscribe: Arc<TopicMessage>,
     unsubscribe: Arc<TopicMessage>,
+    custom_subscribe: bool,
 }
 
 impl Settings {
@@ -471,6 +685,7 @@ fn start(settings: Arc<Settings>, first: Option<Socket>) -> Client {
     };
     let (state_tx, state) = watch::channel(initial);
     let (closing, closing_rx) = watch::channel(false);
+    let positions = Positions::default();
     let task = Task {
         settings,
         commands: command_rx,
@@ -478,6 +693,7 @@ fn start(settings: Arc<Settings>, first: Option<Socket>) -> Client {
         state: state_tx,
         closing: closing_rx,
         topics: Vec::new(),
+        positions: positions.clone(),
     };
     tokio::spawn(task.run(first));
     Client {
@@ -485,6 +701,7 @@ fn start(settings: Arc<Settings>, first: Option<Socket>) -> Client {
         inbound,
         state,
         closing,
+        positions,
     }
 }
 
@@ -521,6 +738,8 @@ struct Task {
     closing: watch::Receiver<bool>,
     /// The topics to subscribe to after each reconnection, in first-subscribed order.
     topics: Vec<String>,
+    /// The last position received per topic in `topics` (envelope servers only).
+    positions: Positions,
 }
 
 /// How a connection ended.
@@ -590,12 +809,13 @@ impl Task {
 
     /// Runs one connection: subscriptions first, then messages both ways until it ends.
     async fn pump(&mut self, mut ws: Socket) -> Ended {
-        for topic in &self.topics {
-            if ws
-                .feed(to_wire((self.settings.subscribe)(topic)))
-                .await
-                .is_err()
-            {
+        let resubscribe: Vec<Message> = self
+            .topics
+            .iter()
+            .map(|topic| self.resubscribe_message(topic))
+            .collect();
+        for m in resubscribe {
+            if ws.feed(to_wire(m)).await.is_err() {
                 return Ended::Lost;
             }
         }
@@ -632,7 +852,11 @@ impl Task {
                 incoming = ws.next() => {
                     let message = match incoming {
                         Some(Ok(tungstenite::Message::Text(t))) => {
-                            Message::Text(Text::from_validated(Bytes::from(t)))
+                            let m = Message::Text(Text::from_validated(Bytes::from(t)));
+                            if !self.track(&m) {
+                                continue;
+                            }
+                            m
                         }
                         Some(Ok(tungstenite::Message::Binary(b))) => Message::Binary(b),
                         // Pings are answered by tungstenite; a close frame is answered and
@@ -679,6 +903,56 @@ impl Task {
         let _ = tokio::time::timeout(CLOSE_TIMEOUT, closing).await;
     }
 
+    /// The subscribe message for `topic` after a reconnection: with `since` when its
+    /// position is known and the message format is the default one.
+    fn resubscribe_message(&self, topic: &str) -> Message {
+        match lock(&self.positions).get(topic) {
+            Some(p) if !self.settings.custom_subscribe => json_subscribe_since(topic, *p),
+            _ => (self.settings.subscribe)(topic),
+        }
+    }
+
+    /// Follows the positions of the held topics in envelope messages (PROTOCOL.md, "Client
+    /// algorithm"); false for a publication already received, which is not passed on.
+    fn track(&self, message: &Message) -> bool {
+        let Some(m) = ServerMessage::parse(message) else {
+            return true;
+        };
+        let held = |topic: &String| self.topics.contains(topic);
+        let mut positions = lock(&self.positions);
+        match m {
+            ServerMessage::Pub {
+                topic,
+                position: Some(p),
+                ..
+            } if held(&topic) => {
+                if let Some(last) = positions.get(&topic) {
+                    if last.epoch == p.epoch && p.offset <= last.offset {
+                        tracing::debug!(url = %self.settings.url, %topic, position = %p, "duplicate publication ignored");
+                        return false;
+                    }
+                }
+                positions.insert(topic, p);
+            }
+            ServerMessage::Subscribed {
+                topic,
+                position: Some(p),
+                ..
+            } if held(&topic) => {
+                positions.entry(topic).or_insert(p);
+            }
+            ServerMessage::Unrecoverable { topic, position } if held(&topic) => {
+                tracing::debug!(url = %self.settings.url, %topic, "unrecoverable: the application must reload");
+                match position {
+                    Some(p) => positions.insert(topic, p),
+                    None => positions.remove(&topic),
+                };
+            }
+            _ => {}
+        }
+        true
+    }
+
     /// Updates the topic list for a command; the message to write, if any.
     fn apply(&mut self, command: Command) -> Option<tungstenite::Message> {
         match command {
@@ -694,6 +968,7 @@ impl Task {
             Command::Unsubscribe(topic) => {
                 let i = self.topics.iter().position(|t| *t == topic)?;
                 self.topics.remove(i);
+                lock(&self.positions).remove(&topic);
                 Some(to_wire((self.settings.unsubscribe)(&topic)))
             }
         }
@@ -762,6 +1037,71 @@ mod tests {
                 .settings(),
             Err(ConnectError::InvalidRequest(_))
         ));
+    }
+
+    #[test]
+    fn subscribe_since_matches_the_protocol() {
+        let m = json_subscribe_since("bo\"ard", Position::new(u64::MAX, 17));
+        assert_eq!(
+            m.as_text(),
+            Some(
+                r#"{"type":"subscribe","topic":"bo\"ard","since":{"epoch":"18446744073709551615","offset":17}}"#
+            )
+        );
+        let command = crate::ClientCommand::parse(&m).unwrap();
+        assert_eq!(
+            command,
+            crate::ClientCommand::Subscribe {
+                topic: "bo\"ard".into(),
+                since: Some(Position::new(u64::MAX, 17))
+            }
+        );
+    }
+
+    #[test]
+    fn server_messages_parse_and_base64_round_trips() {
+        for raw in [
+            &b""[..],
+            b"f",
+            b"fo",
+            b"foo",
+            b"foob",
+            b"\x00\xff\x10binary",
+        ] {
+            let mut enc = String::new();
+            json::write_base64(&mut enc, raw);
+            assert_eq!(decode_base64(&enc).as_deref(), Some(raw), "{enc}");
+        }
+        for bad in ["A", "A===", "AB=C", "Zg==Zg==", "Z!=="] {
+            assert_eq!(decode_base64(bad), None, "{bad}");
+        }
+        let m = Message::from(
+            r#"{"type":"pub","topic":"b","epoch":"3","offset":2,"data_base64":"AAEC"}"#,
+        );
+        assert_eq!(
+            ServerMessage::parse(&m),
+            Some(ServerMessage::Pub {
+                topic: "b".into(),
+                position: Some(Position::new(3, 2)),
+                data: Message::binary(vec![0u8, 1, 2]),
+            })
+        );
+        let m = Message::from(
+            r#"{"type":"subscribed","topic":"t","recovered":false,"replayed":0,"position":null}"#,
+        );
+        assert_eq!(
+            ServerMessage::parse(&m),
+            Some(ServerMessage::Subscribed {
+                topic: "t".into(),
+                recovered: false,
+                replayed: 0,
+                position: None
+            })
+        );
+        assert_eq!(
+            ServerMessage::parse(&Message::from(r#"{"type":"chat","topic":"t"}"#)),
+            None
+        );
     }
 
     #[test]

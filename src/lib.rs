@@ -146,7 +146,7 @@ pub use backplane::{
 };
 #[cfg(feature = "client")]
 #[cfg_attr(docsrs, doc(cfg(feature = "client")))]
-pub use client::{Client, ClientBuilder, ClientClosed, ClientState, ConnectError};
+pub use client::{Client, ClientBuilder, ClientClosed, ClientState, ConnectError, ServerMessage};
 pub use config::{Config, SlowConsumerPolicy};
 pub use error::{FullOutcome, RemoteError, SendError, TopicError, validate_topic};
 pub use handler::{CloseReason, Handler, Reject, Request};
