@@ -4,7 +4,9 @@
 //! Asserts what a person would check: the page fills itself by server push without any
 //! polling request; a message typed in one page appears in another; and after the server
 //! restarts on the same port, the page shows it is reconnecting, comes back with backoff and
-//! replaces its state with the new server's snapshot.
+//! replaces its state with the new server's snapshot; and when only its connection drops
+//! while the server keeps publishing, the page comes back and shows exactly the updates it
+//! missed (history and the JSON envelope), without a reload or a new snapshot.
 //!
 //! Needs Debian's `chromium` and `chromium-driver` (or `CHROME` / `CHROMEDRIVER` pointing at a
 //! browser and its matching driver). Without them each test prints `SKIPPED` and passes,
@@ -164,9 +166,14 @@ impl Drop for Browser {
 
 /// Starts the dashboard on `addr` (port 0 for a fresh one).
 async fn start_dashboard(addr: SocketAddr) -> (board::Server, SocketAddr) {
+    start_dashboard_ticking(addr, TICK).await
+}
+
+/// Starts the dashboard with its simulation moving a parcel every `tick` (after one at once).
+async fn start_dashboard_ticking(addr: SocketAddr, tick: Duration) -> (board::Server, SocketAddr) {
     let listener = TcpListener::bind(addr).await.unwrap();
     let addr = listener.local_addr().unwrap();
-    (board::Server::start(listener, TICK), addr)
+    (board::Server::start(listener, tick), addr)
 }
 
 /// Evaluates `expression` in the page until it is truthy, within `WAIT`; returns its value.
@@ -387,6 +394,12 @@ async fn the_page_reconnects_and_catches_up_after_a_server_restart() {
         "document.getElementById('conn-state').textContent === 'OPEN' && window.dashboard.stats.snapshots === 2",
     )
     .await;
+    // The new server's history is new: the page was told "unrecoverable", then got the snapshot.
+    let unrecoverable = page
+        .execute("return window.dashboard.stats.unrecoverable", vec![])
+        .await
+        .unwrap();
+    assert_eq!(unrecoverable, 1);
     let second_boot = text_of(page, "boot").await;
     assert_ne!(first_boot, second_boot, "the page shows the new server");
     let chat = text_of(page, "chat-log").await;
@@ -404,6 +417,115 @@ async fn the_page_reconnects_and_catches_up_after_a_server_restart() {
         &format!("window.dashboard.stats.updates >= {} + 3", updates),
     )
     .await;
+    assert_eq!(server.hub.session_count(), 1);
+
+    browser.quit().await;
+    server.stop(Duration::from_secs(1)).await;
+}
+
+#[tokio::test]
+async fn a_page_whose_connection_drops_shows_exactly_the_updates_it_missed() {
+    let Some((chrome, driver)) = chromium() else {
+        return;
+    };
+    let _one = ONE_BROWSER.lock().await;
+    // The simulation stays still (one step at start): the test makes every update itself.
+    let (server, addr) =
+        start_dashboard_ticking(([127, 0, 0, 1], 0).into(), Duration::from_secs(3600)).await;
+    let browser = Browser::launch(&chrome, &driver).await;
+    let page = &browser.client;
+    open_dashboard(page, addr).await;
+    // Survives only if the page is not reloaded.
+    page.execute("window.sameDocument = true; return true", vec![])
+        .await
+        .unwrap();
+    let updates_before = page
+        .execute("return window.dashboard.stats.updates", vec![])
+        .await
+        .unwrap()
+        .as_u64()
+        .unwrap();
+    // The page is the only session; ids of a single hub count up from 1.
+    let id = (1..10_000)
+        .map(wshub::SessionId::from_u64)
+        .find(|id| server.hub.session(*id).is_some())
+        .expect("the page's session");
+
+    // The server drops the page's connection and, at once, moves five parcels. The session
+    // is closing, so these updates can only reach the page through recovery.
+    server
+        .hub
+        .close(
+            id,
+            wshub::CloseCode::GOING_AWAY,
+            "connection cut by the test",
+        )
+        .unwrap();
+    let missed: Vec<u64> = (0..5).map(|_| server.step()).collect();
+
+    wait_until(
+        page,
+        "the page to reconnect and recover",
+        "document.getElementById('conn-state').textContent === 'OPEN' && window.dashboard.stats.recoveries === 1",
+    )
+    .await;
+    let feed_seqs = "[...document.querySelectorAll('#feed li')].map(li => Number(li.dataset.seq))";
+    wait_until(
+        page,
+        "the missed updates in the feed",
+        &format!(
+            "{feed_seqs}.filter(s => {}.includes(s)).length >= 5",
+            json!(missed)
+        ),
+    )
+    .await;
+    let shown: Vec<u64> = serde_json::from_value(
+        page.execute(&format!("return {feed_seqs}"), vec![])
+            .await
+            .unwrap(),
+    )
+    .unwrap();
+    // Newest first: exactly the five missed updates on top, in order, each once.
+    let mut newest_first = missed.clone();
+    newest_first.reverse();
+    assert_eq!(shown[..5], newest_first[..], "feed shows {shown:?}");
+    let mut unique = shown.clone();
+    unique.sort_unstable();
+    unique.dedup();
+    assert_eq!(unique.len(), shown.len(), "a feed line twice: {shown:?}");
+    let stats = page
+        .execute(
+            "return [window.sameDocument === true, window.dashboard.stats]",
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert_eq!(stats[0], true, "the page was reloaded");
+    let stats = &stats[1];
+    assert_eq!(stats["snapshots"], 1, "no new snapshot: {stats}");
+    assert_eq!(stats["unrecoverable"], 0, "{stats}");
+    assert_eq!(stats["updates"], updates_before + 5, "{stats}");
+    assert!(stats["replayed"].as_u64().unwrap() >= 5, "{stats}");
+    assert_eq!(text_of(page, "seq").await, missed[4].to_string());
+
+    // Live again: the next update appears once, on top.
+    let live = server.step();
+    wait_until(
+        page,
+        "the next live update",
+        &format!("{feed_seqs}[0] === {live}"),
+    )
+    .await;
+    let shown: Vec<u64> = serde_json::from_value(
+        page.execute(&format!("return {feed_seqs}"), vec![])
+            .await
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        shown[..6],
+        [live, missed[4], missed[3], missed[2], missed[1], missed[0]]
+    );
     assert_eq!(server.hub.session_count(), 1);
 
     browser.quit().await;

@@ -1,17 +1,26 @@
 //! The dashboard's server side: the board's state, the simulated parcel network that changes
 //! it, and the [`Handler`] that serves the page and its WebSocket on one port.
 //!
-//! Messages are JSON objects with a `type` field:
+//! The board topic keeps history ([`Config::history`]: the last 500 publications of the last
+//! 10 minutes) and publications travel in the JSON envelope of `PROTOCOL.md`
+//! ([`Config::envelope`]): `{"type":"pub","topic":"board","epoch":"…","offset":n,"data":"…"}`,
+//! where `data` is one of the board messages below as a JSON string. A page remembers the
+//! position (epoch, offset) of the last publication it processed.
 //!
-//! | `type`     | direction       | when |
-//! |------------|-----------------|------|
-//! | `snapshot` | server → page   | right after the socket opens: the whole board, which replaces the page's state |
-//! | `parcel`   | server → page   | a parcel moved: the parcel, the new counters and a feed line |
-//! | `chat`     | both ways       | the page sends `{"type":"chat","text":…}`; everyone gets it with its author |
-//! | `presence` | server → page   | someone connected or left |
+//! | `type`          | direction     | when |
+//! |-----------------|---------------|------|
+//! | `subscribe`     | page → server | right after the socket opens: `{"type":"subscribe","topic":"board"}` on the first load, with `"since":{"epoch":…,"offset":…}` after a reconnection |
+//! | `snapshot`      | server → page | the answer to a subscribe without `since`, or after `unrecoverable`: the whole board and its `position`, which replace the page's state |
+//! | `subscribed`    | server → page | the answer to a subscribe with `since` that can be served: exactly `replayed` missed publications follow, then live ones |
+//! | `unrecoverable` | server → page | `since` cannot be served (the server restarted, or the page was away too long): a `snapshot` follows |
+//! | `parcel`        | published     | a parcel moved: the parcel, the new counters and a feed line |
+//! | `chat`          | both ways     | the page sends `{"type":"chat","text":…}`; everyone gets it, published, with its author |
+//! | `presence`      | published     | someone connected or left |
 //!
 //! Every `snapshot` and `parcel` carries `seq`, the board's version: the page ignores a
-//! `parcel` whose `seq` is not newer than what it shows.
+//! `parcel` whose `seq` is not newer than what it shows. Every publication to the board is
+//! made under the board's lock, so the snapshot's `position` is exactly the last publication
+//! it includes.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -21,12 +30,18 @@ use serde::Serialize;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use wshub::http::{Response, StatusCode};
-use wshub::{Bytes, CloseReason, Config, Handler, Hub, Message, Reject, Request, Session};
+use wshub::{
+    Bytes, ClientCommand, CloseReason, Config, Handler, HistoryPolicy, Hub, Message, Position,
+    Recovered, Reject, Request, Session,
+};
 
 /// The page, compiled into the binary: no build step, no files to deploy.
 const INDEX_HTML: &str = include_str!("index.html");
 /// The topic every page is subscribed to.
 const BOARD: &str = "board";
+/// Board publications kept for pages that reconnect: at most this many, this old.
+const HISTORY_KEPT: usize = 500;
+const HISTORY_AGE: Duration = Duration::from_secs(600);
 /// Feed lines and chat lines kept for the snapshot.
 const FEED_KEPT: usize = 40;
 const CHAT_KEPT: usize = 30;
@@ -124,8 +139,26 @@ impl Counts {
 
 #[derive(Clone, Debug, Serialize)]
 struct FeedLine {
+    /// The board version that wrote it: identifies the line.
+    seq: u64,
     t: u64,
     text: String,
+}
+
+/// A [`Position`] as the protocol writes it: the 64-bit epoch as a string.
+#[derive(Clone, Debug, Serialize)]
+struct Pos {
+    epoch: String,
+    offset: u64,
+}
+
+impl From<Position> for Pos {
+    fn from(p: Position) -> Pos {
+        Pos {
+            epoch: p.epoch.to_string(),
+            offset: p.offset,
+        }
+    }
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -150,6 +183,8 @@ enum Out<'a> {
         feed: &'a VecDeque<FeedLine>,
         chat: &'a VecDeque<ChatLine>,
         online: usize,
+        /// The board topic's position after the last publication this snapshot includes.
+        position: Option<Pos>,
     },
     Parcel {
         seq: u64,
@@ -186,6 +221,8 @@ struct State {
     chat: VecDeque<ChatLine>,
     next_parcel: u32,
     rng: u64,
+    /// The position of the last publication to the board.
+    position: Option<Position>,
 }
 
 /// The board: its state and what changes it. Shared by the [`Dashboard`] handler and the
@@ -209,6 +246,7 @@ impl Board {
                 chat: VecDeque::new(),
                 next_parcel: 10_400,
                 rng: seed | 1,
+                position: None,
             }),
         }
     }
@@ -219,8 +257,9 @@ impl Board {
 
     /// One step of the simulated network: a parcel arrives, moves on, or is delivered. The
     /// update is published while the state is locked, so that a page receiving a snapshot
-    /// (also taken under the lock) sees every later update after it, and none twice.
-    pub(crate) fn step(&self, hub: &Hub) {
+    /// (also taken under the lock) sees every later update after it, and none twice. Returns
+    /// the new board version.
+    pub(crate) fn step(&self, hub: &Hub) -> u64 {
         let mut st = self.lock();
         let st = &mut *st;
         st.seq += 1;
@@ -283,6 +322,7 @@ impl Board {
         let p = &st.parcels[&parcel];
         *st.counts.slot(p.status) += 1;
         let line = FeedLine {
+            seq: st.seq,
             t: p.updated,
             text: format!("{} {} {}", p.id, p.status.describe(), p.place()),
         };
@@ -295,12 +335,14 @@ impl Board {
             now: &now,
             counts: &st.counts,
             feed: &st.feed[0],
-        };
-        hub.publish(BOARD, update.to_message());
+        }
+        .to_message();
+        publish(st, hub, update);
+        st.seq
     }
 
-    /// Subscribes `session` to the board and sends it the snapshot, atomically with respect
-    /// to [`step`](Self::step).
+    /// Subscribes `session` to the board (if it is not yet) and sends it the snapshot,
+    /// atomically with respect to every publication to the board.
     fn join(&self, session: &Session) {
         let st = self.lock();
         let _ = session.subscribe(BOARD);
@@ -316,8 +358,16 @@ impl Board {
             feed: &st.feed,
             chat: &st.chat,
             online: session.hub().session_count(),
+            position: st.position.map(Pos::from),
         };
         let _ = session.send(snapshot.to_message());
+    }
+
+    /// Tells every page how many are online.
+    fn presence(&self, hub: &Hub) {
+        let mut st = self.lock();
+        let online = hub.session_count();
+        publish(&mut st, hub, Out::Presence { online }.to_message());
     }
 
     fn chat(&self, session: &Session, text: &str) {
@@ -332,7 +382,7 @@ impl Board {
             from: format!("guest {}", session.id()),
             text: text.to_string(),
         };
-        session.hub().publish(BOARD, Out::Chat(&line).to_message());
+        publish(&mut st, session.hub(), Out::Chat(&line).to_message());
         st.chat.push_back(line);
         if st.chat.len() > CHAT_KEPT {
             st.chat.pop_front();
@@ -378,9 +428,11 @@ fn now_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
-fn broadcast_presence(hub: &Hub) {
-    let online = hub.session_count();
-    hub.publish(BOARD, Out::Presence { online }.to_message());
+/// Publishes to the board and remembers the position; the caller holds the board's lock.
+fn publish(st: &mut State, hub: &Hub, message: Message) {
+    if let Some(p) = hub.publish(BOARD, message).position {
+        st.position = Some(p);
+    }
 }
 
 /// The `Handler`: serves the page and runs each page's session.
@@ -413,11 +465,35 @@ impl Handler for Dashboard {
     }
 
     async fn open(&self, session: &Session) {
-        self.board.join(session);
-        broadcast_presence(session.hub());
+        // The page subscribes next, with or without the position it last saw.
+        self.board.presence(session.hub());
     }
 
     async fn on_message(&self, session: &Session, message: Message) {
+        match ClientCommand::parse(&message) {
+            // Pages follow the board and nothing else.
+            Some(ClientCommand::Subscribe { topic, since }) if topic == BOARD => {
+                let outcome = match since {
+                    None => Ok(Recovered::Live { position: None }),
+                    // Answered `subscribed` (the missed publications follow) or
+                    // `unrecoverable`.
+                    Some(since) => session.subscribe_from(BOARD, since).await,
+                };
+                match outcome {
+                    Ok(Recovered::Replayed { messages, .. }) => {
+                        tracing::debug!(id = %session.id(), messages, "page recovered");
+                    }
+                    Ok(_) => self.board.join(session),
+                    Err(e) => {
+                        tracing::debug!(id = %session.id(), error = %e, "recovery failed");
+                        self.board.join(session);
+                    }
+                }
+                return;
+            }
+            Some(_) => return,
+            None => {}
+        }
         let Some(text) = message.as_text() else {
             return;
         };
@@ -428,13 +504,14 @@ impl Handler for Dashboard {
     }
 
     async fn on_close(&self, session: &Session, _reason: CloseReason) {
-        broadcast_presence(session.hub());
+        self.board.presence(session.hub());
     }
 }
 
 /// A running dashboard: the hub, its accept loop and the simulation.
 pub(crate) struct Server {
     pub(crate) hub: Hub,
+    board: Arc<Board>,
     serve: JoinHandle<std::io::Result<()>>,
     simulation: JoinHandle<()>,
 }
@@ -444,9 +521,13 @@ impl Server {
     pub(crate) fn start(listener: TcpListener, tick: Duration) -> Server {
         let board = Arc::new(Board::new());
         // Chat comes from browsers on the open internet: small messages, a human rate.
+        // The board keeps history, and publications carry their position, so that a page that
+        // lost its connection gets exactly what it missed when it comes back.
         let config = Config::default()
             .max_message_size(4 * 1024)
-            .max_messages_per_second(Some(20));
+            .max_messages_per_second(Some(20))
+            .history(BOARD, HistoryPolicy::new(HISTORY_KEPT, Some(HISTORY_AGE)))
+            .envelope(true);
         let handler = Dashboard {
             board: board.clone(),
         };
@@ -458,6 +539,7 @@ impl Server {
         let serve = tokio::spawn(hub.clone().serve(listener));
         let simulation = tokio::spawn({
             let hub = hub.clone();
+            let board = board.clone();
             async move {
                 let mut ticks = tokio::time::interval(tick);
                 loop {
@@ -468,9 +550,16 @@ impl Server {
         });
         Server {
             hub,
+            board,
             serve,
             simulation,
         }
+    }
+
+    /// Moves one parcel now, besides the simulation's ticks; the new board version.
+    #[allow(dead_code)] // for tests/browser.rs
+    pub(crate) fn step(&self) -> u64 {
+        self.board.step(&self.hub)
     }
 
     /// Stops the simulation, closes every session with 1001 (waiting up to `deadline` for the

@@ -8,11 +8,14 @@
 //!
 //! One port serves both the page (through [`Handler::http`](wshub::Handler::http), from the
 //! hub's own listener) and its socket at `/ws`. A tokio task moves a parcel four times a
-//! second and publishes the change; the page never polls. Stop the server with Ctrl-C and
-//! start it again: open pages show "reconnecting", retry with exponential backoff and jitter,
-//! and replace their state with the snapshot the new server sends on connect.
+//! second and publishes the change; the page never polls. The board topic keeps history and
+//! publications carry their position (wshub's JSON envelope, `PROTOCOL.md`): a page whose
+//! connection drops reconnects with exponential backoff and jitter, subscribes since the last
+//! position it showed, and receives exactly the updates it missed, without reloading. Stop the
+//! server with Ctrl-C and start it again: the new server's history is new, so open pages are
+//! told "unrecoverable" and replace their state with the snapshot it sends.
 //!
-//! Files: `board.rs` (state, simulation, `Handler`), `index.html` (the page and its ~150-line
+//! Files: `board.rs` (state, simulation, `Handler`), `index.html` (the page and its ~200-line
 //! client script, compiled into the binary with `include_str!`). Set `RUST_LOG=wshub=debug` to
 //! see sessions open and close.
 mod board;
