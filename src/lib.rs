@@ -43,7 +43,7 @@
 //! |----------|--------------|--------------------|
 //! | *(none)* | [`Hub`], [`Handler`], [`Session`], [`Hub::serve`] on a `TcpListener`, [`Hub::accept`] on any byte stream, [`Handler::http`] for plain HTTP on the same port, [`Stats`] with [`Stats::to_prometheus`] | — |
 //! | `axum`   | [`axum::endpoint`] and [`axum::upgrade`]: mount the hub at a route of an axum 0.8 `Router`, so REST and push share one port | `axum`, `hyper`, `hyper-util` |
-//! | `client` | [`Client`]: a client that reconnects with exponential backoff and jitter, re-subscribes and exposes its state | `tokio-tungstenite` |
+//! | `client` | [`Client`]: a client that reconnects with exponential backoff and jitter, re-subscribes (with `since`, recovering what it missed, when the server speaks the envelope) and exposes its state; [`ServerMessage`] reads the envelope | `tokio-tungstenite` |
 //! | `redis`  | `RedisBackplane`: several nodes share broadcasts, topics, `send_to` and `close` through Redis pub/sub (see *Scale-out*) | `redis` |
 //! | `tls`    | `wss://` without a proxy: `Hub::serve_tls` takes a rustls `ServerConfig` (tokio-rustls with rustls's `ring` provider; rustls is re-exported as `wshub::rustls`) | `tokio-rustls` |
 //! | `fuzzing` | internal: exposes the parsers to the fuzz targets in `fuzz/`; not a public API | — |
@@ -95,6 +95,20 @@
 //! through Redis pub/sub. Each node still delivers to its own sessions at once; the backplane
 //! carries one envelope per message to the other nodes, which deliver it through the same
 //! bounded queues. Without the feature nothing of Redis is compiled.
+//!
+//! ## History and recovery
+//!
+//! A topic with history ([`Config::history`], bounded by a [`HistoryPolicy`]) numbers its
+//! publications with a [`Position`] (epoch, offset) and keeps the last ones. A client that
+//! reconnects subscribes with the last position it processed
+//! ([`Session::subscribe_from`], or the `subscribe` message with `since` applied by
+//! [`Session::apply`]) and receives exactly what it missed, in order, then the live
+//! publications; when that is impossible (history lost or too old) it is told
+//! [`Recovered::Unrecoverable`] and reloads its state. [`Config::envelope`] sends publications
+//! in a small JSON envelope carrying the topic and position (`PROTOCOL.md`, enough to write a
+//! client in any language); the `client` feature's [`Client`] and the dashboard example's page
+//! use it. Presence ([`Config::presence`], [`Hub::presence`]) lists who is subscribed. See
+//! `docs/history.md` for the guarantees and the cost.
 //!
 //! ## Shutdown and cancellation
 //!
