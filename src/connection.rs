@@ -17,6 +17,7 @@ use std::task::{Context, Poll, ready};
 
 use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tracing::Instrument;
 
 use crate::frame::{Decoder, Event, ProtocolError};
 use crate::handler::CloseReason;
@@ -90,7 +91,8 @@ where
         Err(Refused::Answered(page)) => page,
         Err(Refused::Respond(reject)) => {
             core.counters.refused.fetch_add(1, Ordering::Relaxed);
-            tracing::debug!(%peer, status = %reject.status, "upgrade refused");
+            let why = String::from_utf8_lossy(&reject.body);
+            tracing::debug!(%peer, status = %reject.status, %why, "upgrade refused");
             reject
         }
     };
@@ -157,7 +159,10 @@ where
     core.counters.opened.fetch_add(1, Ordering::Relaxed);
     admission.transfer();
     let conn = Connection::new(io, inner.clone(), core, rest);
-    run_session(conn, Registered(Session { inner, hub }))
+    // Every event of the session (open, close with its reason, protocol errors, slow-consumer
+    // actions) is recorded inside this span.
+    let span = tracing::info_span!("session", id = %inner.id, peer = %inner.request.peer_addr());
+    run_session(conn, Registered(Session { inner, hub })).instrument(span)
 }
 
 /// The session of a connection task. Dropping it takes the session out of the registry and

@@ -484,10 +484,16 @@ impl Hub {
             .await
             .is_err()
         {
+            let left = core.registry.len();
+            tracing::warn!(
+                sessions = left,
+                "shutdown deadline passed; dropping the rest"
+            );
             core.registry
                 .for_each(|s| s.outbox.abort(Abort::CloseTimeout));
             core.tasks_finished().await;
         }
+        tracing::info!("shutdown complete");
     }
 }
 
