@@ -418,7 +418,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
                 buf.clear();
                 let drained = self.session.outbox.drain(buf, batch, cx.waker());
                 if drained.frames == 0 {
-                    return Ok(false);
+                    return Ok(None);
                 }
                 self.close_written |= drained.close_written;
                 self.needs_flush = true;
@@ -442,13 +442,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
                 if buf.capacity() > 4 * batch {
                     *buf = Vec::new();
                 }
-                Ok(true)
+                Ok(Some(drained.emptied))
             })?;
-            if !wrote {
+            let Some(emptied) = wrote else {
                 break;
-            }
+            };
             if !self.pending.is_empty() {
                 return Poll::Pending;
+            }
+            if emptied {
+                break;
             }
         }
         if self.needs_flush {

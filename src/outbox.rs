@@ -99,6 +99,8 @@ pub(crate) struct Outbox {
 pub(crate) struct Drained {
     pub(crate) frames: usize,
     pub(crate) close_written: bool,
+    /// The queue is empty and the waker registered: no need to drain again.
+    pub(crate) emptied: bool,
 }
 
 impl Outbox {
@@ -290,7 +292,10 @@ impl Outbox {
                 out.close_written = true;
             }
         }
-        if out.frames == 0 {
+        if st.frames.is_empty() && st.close.is_none() {
+            // Everything is taken: the next push wakes the connection. Registering now saves
+            // the connection a second look at an empty queue after writing this batch.
+            out.emptied = true;
             st.notified = false;
             match &st.waker {
                 Some(w) if w.will_wake(waker) => {}
