@@ -1401,14 +1401,8 @@ async fn subscribed(
                 if let Err(e) = reconcile(shared, sink, topics).await {
                     return Ended::Lost(e);
                 }
-                let answered = tokio::time::timeout(
-                    shared.config.response_timeout,
-                    sink.ping::<r::Value>(),
-                );
-                match answered.await {
-                    Ok(Ok(_)) => {}
-                    Ok(Err(e)) => return Ended::Lost(e),
-                    Err(_) => return Ended::Lost(timed_out()),
+                if let Err(e) = ping_redis(shared, sink).await {
+                    return Ended::Lost(e);
                 }
                 // Messages Redis sent before the pong are in the stream already.
                 while let Some(Some(msg)) = futures_util::FutureExt::now_or_never(stream.next()) {
@@ -1425,14 +1419,8 @@ async fn subscribed(
             }
             _ = ping.tick() => {
                 // Finds a connection that is silently dead (a Redis that stopped answering).
-                let answered = tokio::time::timeout(
-                    shared.config.response_timeout,
-                    sink.ping::<r::Value>(),
-                );
-                match answered.await {
-                    Ok(Ok(_)) => {}
-                    Ok(Err(e)) => return Ended::Lost(e),
-                    Err(_) => return Ended::Lost(timed_out()),
+                if let Err(e) = ping_redis(shared, sink).await {
+                    return Ended::Lost(e);
                 }
             }
         }
@@ -1532,6 +1520,16 @@ async fn reconcile(
         shared.stats.topic_channels.store(topics.len(), Relaxed);
     }
     Ok(())
+}
+
+/// Pings Redis on the subscription connection within `response_timeout`.
+async fn ping_redis(shared: &Shared, sink: &mut PubSubSink) -> Result<(), r::RedisError> {
+    let answered = tokio::time::timeout(shared.config.response_timeout, sink.ping::<r::Value>());
+    match answered.await {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(e)) => Err(e),
+        Err(_) => Err(timed_out()),
+    }
 }
 
 // The heartbeat.
