@@ -456,15 +456,22 @@ fn cluster(core: &Core) -> Option<&Arc<dyn Backplane>> {
     core.backplane.as_ref().filter(|bp| bp.keeps_history())
 }
 
+/// Whether a backplane keeps the topics' history (positions are assigned by it, later).
+pub(crate) fn shared_log(core: &Core) -> bool {
+    cluster(core).is_some()
+}
+
 // ---------------------------------------------------------------------------------------
 // Publishing.
 
-/// `Hub::publish` for a topic with history.
+/// `Hub::publish` for a topic with history. With a backplane that keeps the log, the
+/// position it assigns is sent through `confirm` when given.
 pub(crate) fn publish(
     core: &Core,
     topic: &str,
     message: Message,
     policy: &HistoryPolicy,
+    confirm: Option<crate::backplane::Confirm>,
 ) -> Delivery {
     if crate::error::validate_topic(topic).is_err() {
         return Delivery::default();
@@ -473,7 +480,7 @@ pub(crate) fn publish(
         // The backplane numbers it and hands it back to every node with subscribers, this
         // one included, in the order of its log.
         return Delivery {
-            remote: bp.publish_recorded(topic, &message, policy),
+            remote: bp.publish_recorded(topic, &message, policy, confirm),
             ..Delivery::default()
         };
     }

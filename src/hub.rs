@@ -88,7 +88,7 @@ pub struct Delivery {
     /// The publication's place in its topic's history, for a topic with
     /// [history](crate::Config::history) on a single node. `None` for other topics, for
     /// broadcasts, and with a backplane that keeps history, where the position is assigned by
-    /// the shared log after `publish` returns (use [`Hub::history`] to read it).
+    /// the shared log after `publish` returns: [`Hub::publish_confirmed`] waits for it.
     pub position: Option<crate::Position>,
 }
 
@@ -337,11 +337,50 @@ impl Hub {
         report
     }
 
+    /// [`publish`](Self::publish), then waits for the publication's [`Position`](crate::Position)
+    /// when a [`Backplane`] keeps the topic's history (with `RedisBackplane`, Redis numbers
+    /// it after `publish` would have returned). Elsewhere it is `publish`, position included
+    /// for a topic with history.
+    ///
+    /// # Return
+    /// The report, with `position` set once the shared log numbered the publication; `None`
+    /// when it failed (`remote` says why) or took longer than the backplane's response timeout.
+    ///
+    /// # Cancel safety
+    /// Dropping the future does not withdraw the publication.
+    ///
+    /// ```
+    /// # async fn f(hub: &wshub::Hub) {
+    /// let report = hub.publish_confirmed("board", "parcel 17 delivered").await;
+    /// if let Some(position) = report.position {
+    ///     println!("published at {position}");
+    /// }
+    /// # }
+    /// ```
+    ///
+    pub async fn publish_confirmed(&self, topic: &str, message: impl Into<Message>) -> Delivery {
+        let message = message.into();
+        let Some(policy) = self.core.config.history_policy(topic) else {
+            return self.publish(topic, message);
+        };
+        if !crate::history::shared_log(&self.core) {
+            return self.publish(topic, message);
+        }
+        let (confirm, position) = crate::backplane::Confirm::new();
+        let mut report = crate::history::publish(&self.core, topic, message, policy, Some(confirm));
+        let wait = std::time::Duration::from_secs(5);
+        report.position = tokio::time::timeout(wait, position)
+            .await
+            .ok()
+            .and_then(Result::ok);
+        report
+    }
+
     /// `publish` to a topic with history, or in the envelope.
     #[cold]
     fn publish_special(&self, topic: &str, message: Message) -> Delivery {
         if let Some(policy) = self.core.config.history_policy(topic) {
-            return crate::history::publish(&self.core, topic, message, policy);
+            return crate::history::publish(&self.core, topic, message, policy, None);
         }
         let frame = crate::history::frame_for(&self.core, topic, None, &message);
         let mut report = self.core.registry.deliver_topic(topic, &frame, None);

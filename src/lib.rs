@@ -155,8 +155,8 @@ pub mod __fuzz;
 #[cfg(feature = "redis")]
 pub use backplane::redis::{RedisBackplane, RedisConfig, RedisStats};
 pub use backplane::{
-    Action, Backplane, BackplaneError, ClusterCount, Envelope, EnvelopeError, LocalNode, Remote,
-    Route,
+    Action, Backplane, BackplaneError, ClusterCount, Confirm, Envelope, EnvelopeError, LocalNode,
+    Remote, Route,
 };
 #[cfg(feature = "client")]
 #[cfg_attr(docsrs, doc(cfg(feature = "client")))]

@@ -322,3 +322,39 @@ async fn presence_spans_nodes_and_a_dead_nodes_entries_expire() {
         "within the liveness timeout"
     );
 }
+
+#[tokio::test]
+async fn publish_confirmed_returns_the_position_redis_assigned() {
+    let Some(redis) = Redis::any("cluster_history_confirmed") else {
+        return;
+    };
+    let prefix = redis.prefix("hist-confirmed");
+    let a = node(&redis, fast_config(&prefix), 1000).await;
+    let b = node(&redis, fast_config(&prefix), 1000).await;
+    let report = a.hub.publish("feed", "unconfirmed");
+    assert_eq!(
+        report.position, None,
+        "Redis numbers it after publish returns"
+    );
+    let mut seen = Vec::new();
+    for (i, hub) in [&a.hub, &b.hub, &a.hub].into_iter().enumerate() {
+        let report = hub.publish_confirmed("feed", format!("m{i}")).await;
+        let position = report.position.expect("a position once Redis numbered it");
+        seen.push(position);
+    }
+    // One epoch, consecutive offsets after the unconfirmed one, whichever node published.
+    assert!(seen.iter().all(|p| p.epoch == seen[0].epoch));
+    let offsets: Vec<u64> = seen.iter().map(|p| p.offset).collect();
+    assert_eq!(offsets, vec![2, 3, 4]);
+    // The log agrees: the confirmed positions hold the confirmed messages.
+    let log = a.hub.history("feed", None).await.unwrap();
+    for (i, position) in seen.iter().enumerate() {
+        let (_, message) = log
+            .iter()
+            .find(|(p, _)| p == position)
+            .expect("the confirmed position is in the log");
+        assert_eq!(message.as_text(), Some(format!("m{i}").as_str()));
+    }
+    assert_eq!(last(&b.hub).await, seen[2]);
+    drop((a, b));
+}

@@ -26,6 +26,23 @@ use crate::hub::{Core, Delivery};
 use crate::message::{CloseCode, CloseFrame, Message, Text};
 use crate::session::SessionId;
 
+/// Carries the [`Position`](crate::Position) a shared log assigned to a publication back to
+/// the publisher (see [`Backplane::publish_recorded`]).
+#[derive(Debug)]
+pub struct Confirm(tokio::sync::oneshot::Sender<crate::Position>);
+
+impl Confirm {
+    pub(crate) fn new() -> (Confirm, tokio::sync::oneshot::Receiver<crate::Position>) {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        (Confirm(tx), rx)
+    }
+
+    /// Reports the position; a publisher that stopped waiting is not an error.
+    pub fn send(self, position: crate::Position) {
+        let _ = self.0.send(position);
+    }
+}
+
 /// Carries messages between the nodes of a cluster.
 ///
 /// A hub built with [`HubBuilder::backplane`](crate::HubBuilder::backplane) calls
@@ -128,13 +145,17 @@ pub trait Backplane: Send + Sync + 'static {
     /// Appends `message` to the shared log of `topic`, numbering it, and hands it with its
     /// [`Position`](crate::Position) to every node with interest in the topic, **this one
     /// included**, through [`LocalNode::deliver_recorded`], in log order. Never blocks.
+    ///
+    /// When `confirm` is given, the position the log assigned is sent through it once known
+    /// (dropped unsent if the publication fails).
     fn publish_recorded(
         &self,
         topic: &str,
         message: &Message,
         policy: &crate::HistoryPolicy,
+        confirm: Option<Confirm>,
     ) -> Remote {
-        let _ = (topic, message, policy);
+        let _ = (topic, message, policy, confirm);
         Remote::NotConfigured
     }
 

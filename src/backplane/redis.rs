@@ -380,6 +380,8 @@ enum Channel {
 struct Outgoing {
     channel: Channel,
     envelope: Bytes,
+    /// For a recorded publication whose publisher waits for its position.
+    confirm: Option<super::Confirm>,
 }
 
 /// Numbers a publication and appends it to the topic's stream, then publishes it, in one
@@ -403,7 +405,7 @@ for i = 1, 8 do
   be = string.char(n % 256) .. be
   n = math.floor(n / 256)
 end
-return redis.call('PUBLISH', ARGV[1], 'R' .. epoch .. be .. ARGV[2])
+return {redis.call('PUBLISH', ARGV[1], 'R' .. epoch .. be .. ARGV[2]), epoch, offset}
 ";
 
 /// Reads a topic's history: creates the epoch when there is none (so that it is stable from
@@ -629,7 +631,11 @@ impl Backplane for RedisBackplane {
             Route::Node(n) => Channel::Node(n),
             Route::Topic(t) => Channel::Topic(s.names.topic(t)),
         };
-        self.enqueue(Outgoing { channel, envelope })
+        self.enqueue(Outgoing {
+            channel,
+            envelope,
+            confirm: None,
+        })
     }
 
     fn interest_changed(&self, topic: &str) {
@@ -647,6 +653,7 @@ impl Backplane for RedisBackplane {
         topic: &str,
         message: &crate::Message,
         policy: &crate::HistoryPolicy,
+        confirm: Option<super::Confirm>,
     ) -> Remote {
         let envelope =
             super::encode_message(super::KIND_PUBLISH, self.shared.node, None, topic, message);
@@ -654,7 +661,11 @@ impl Backplane for RedisBackplane {
             topic: topic.to_owned(),
             max_messages: policy.max_messages,
         };
-        self.publish_checked(Outgoing { channel, envelope })
+        self.publish_checked(Outgoing {
+            channel,
+            envelope,
+            confirm,
+        })
     }
 
     async fn topic_ready(&self, topic: &str) -> Result<(), BackplaneError> {
@@ -716,6 +727,7 @@ impl Backplane for RedisBackplane {
         let _ = self.publish_checked(Outgoing {
             channel,
             envelope: Bytes::new(),
+            confirm: None,
         });
     }
 
@@ -1145,7 +1157,7 @@ async fn run_publisher(
                 // Send what was queued before the stop, then end.
                 rx.close();
                 while rx.recv_many(&mut batch, max).await > 0 {
-                    if shared.up.load(Relaxed) && send_batch(&shared, &mut conn, &batch).await.is_err() {
+                    if shared.up.load(Relaxed) && send_batch(&shared, &mut conn, &mut batch).await.is_err() {
                         break;
                     }
                     batch.clear();
@@ -1168,7 +1180,7 @@ async fn run_publisher(
                 continue;
             }
         }
-        if let Err(e) = send_batch(&shared, &mut conn, &batch).await {
+        if let Err(e) = send_batch(&shared, &mut conn, &mut batch).await {
             let lost = batch.len() as u64;
             shared.stats.lost.fetch_add(lost, Relaxed);
             tracing::warn!(
@@ -1189,10 +1201,10 @@ async fn run_publisher(
 async fn send_batch(
     shared: &Shared,
     conn: &mut MultiplexedConnection,
-    batch: &[Outgoing],
+    batch: &mut [Outgoing],
 ) -> r::RedisResult<()> {
     let mut pipe = r::pipe();
-    for o in batch {
+    for o in batch.iter() {
         match &o.channel {
             Channel::Recorded {
                 topic,
@@ -1231,13 +1243,34 @@ async fn send_batch(
         }
         .arg(&o.envelope[..]);
     }
-    let receivers: Vec<i64> = pipe.query_async(conn).await?;
+    let replies: Vec<r::Value> = pipe.query_async(conn).await?;
     shared
         .stats
         .published
         .fetch_add(batch.len() as u64, Relaxed);
     let mut undeliverable = 0;
-    for (o, n) in batch.iter().zip(receivers) {
+    for (o, reply) in batch.iter_mut().zip(replies) {
+        let n = match reply {
+            r::Value::Int(n) => n,
+            // A recorded publication: receivers, epoch (8 bytes, big-endian), offset.
+            r::Value::Array(parts) => {
+                if let [
+                    r::Value::Int(n),
+                    r::Value::BulkString(epoch),
+                    r::Value::Int(offset),
+                ] = parts.as_slice()
+                {
+                    let epoch = <[u8; 8]>::try_from(epoch.as_slice()).map(u64::from_be_bytes);
+                    if let (Some(confirm), Ok(epoch)) = (o.confirm.take(), epoch) {
+                        confirm.send(crate::Position::new(epoch, *offset as u64));
+                    }
+                    *n
+                } else {
+                    1
+                }
+            }
+            _ => 1,
+        };
         if n == 0 {
             if let Channel::Node(node) = o.channel {
                 undeliverable += 1;
