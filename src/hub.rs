@@ -92,6 +92,9 @@ pub struct Delivery {
     pub position: Option<crate::Position>,
 }
 
+/// How long [`Hub::publish_confirmed`] waits for a shared log to number a publication.
+const CONFIRM_WAIT: Duration = Duration::from_secs(5);
+
 /// Builds a [`Hub`] with a [`Config`].
 ///
 /// ```
@@ -328,9 +331,12 @@ impl Hub {
     pub fn publish(&self, topic: &str, message: impl Into<Message>) -> Delivery {
         let message = message.into();
         if !self.core.config.plain_publish() {
-            return self.publish_special(topic, message);
+            if let Some(policy) = self.core.config.history_policy(topic) {
+                return crate::history::publish(&self.core, topic, message, policy, None);
+            }
         }
-        let frame = frame::encode_message(&message);
+        // Plain, or in the envelope when the config asks for it.
+        let frame = crate::history::frame_for(&self.core, topic, None, &message);
         let mut report = self.core.registry.deliver_topic(topic, &frame, None);
         self.core.counters.delivery(&report);
         report.remote = backplane::publish(&self.core, topic, &message);
@@ -344,7 +350,7 @@ impl Hub {
     ///
     /// # Return
     /// The report, with `position` set once the shared log numbered the publication; `None`
-    /// when it failed (`remote` says why) or took longer than the backplane's response timeout.
+    /// when it failed (`remote` says why) or was not numbered within 5 seconds.
     ///
     /// # Cancel safety
     /// Dropping the future does not withdraw the publication.
@@ -368,24 +374,8 @@ impl Hub {
         }
         let (confirm, position) = crate::backplane::Confirm::new();
         let mut report = crate::history::publish(&self.core, topic, message, policy, Some(confirm));
-        let wait = std::time::Duration::from_secs(5);
-        report.position = tokio::time::timeout(wait, position)
-            .await
-            .ok()
-            .and_then(Result::ok);
-        report
-    }
-
-    /// `publish` to a topic with history, or in the envelope.
-    #[cold]
-    fn publish_special(&self, topic: &str, message: Message) -> Delivery {
-        if let Some(policy) = self.core.config.history_policy(topic) {
-            return crate::history::publish(&self.core, topic, message, policy, None);
-        }
-        let frame = crate::history::frame_for(&self.core, topic, None, &message);
-        let mut report = self.core.registry.deliver_topic(topic, &frame, None);
-        self.core.counters.delivery(&report);
-        report.remote = backplane::publish(&self.core, topic, &message);
+        let numbered = tokio::time::timeout(CONFIRM_WAIT, position).await;
+        report.position = numbered.ok().and_then(Result::ok);
         report
     }
 

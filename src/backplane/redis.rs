@@ -618,20 +618,12 @@ impl Backplane for RedisBackplane {
     }
 
     fn publish(&self, route: Route<'_>, envelope: Bytes) -> Remote {
-        let s = &self.shared;
-        if s.closed.load(Relaxed) {
-            return Remote::Failed(RemoteError::Closed);
-        }
-        if !s.up.load(Relaxed) {
-            s.stats.failed_down.fetch_add(1, Relaxed);
-            return Remote::Failed(RemoteError::Down);
-        }
         let channel = match route {
             Route::All => Channel::All,
             Route::Node(n) => Channel::Node(n),
-            Route::Topic(t) => Channel::Topic(s.names.topic(t)),
+            Route::Topic(t) => Channel::Topic(self.shared.names.topic(t)),
         };
-        self.enqueue(Outgoing {
+        self.publish_checked(Outgoing {
             channel,
             envelope,
             confirm: None,
