@@ -238,6 +238,24 @@ impl Engine {
         self.close_by_app(&s, code, reason)
     }
 
+    /// The periodic upkeep of topic state (the hub's timer): publications past their
+    /// `max_age` expire even on topics nobody touches, and idle topics are freed.
+    pub(crate) fn sweep_topics(&self) {
+        self.histories.sweep(
+            |topic| self.config.history_policy(topic).copied(),
+            |topic| self.registry.topic_len(topic) > 0,
+        );
+    }
+
+    /// A snapshot of the counters.
+    pub(crate) fn stats(&self) -> crate::stats::Stats {
+        let mut stats = self
+            .counters
+            .snapshot(self.registry.len(), self.registry.topic_count());
+        stats.history_topics = self.histories.len();
+        stats
+    }
+
     /// The sessions present on `topic` (every node with a backplane that keeps presence).
     pub(crate) async fn presence(
         &self,

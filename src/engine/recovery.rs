@@ -401,7 +401,17 @@ impl Drop for RecoveringGuard<'_> {
     fn drop(&mut self) {
         let mut shard = self.engine.histories.lock(self.topic);
         let _ = self.take(&mut shard);
-        self.engine.histories.forget_if_idle(&mut shard, self.topic);
+        drop(shard);
+        release(self.engine, self.topic);
+    }
+}
+
+/// Frees `topic`'s history state when it is idle and has no subscriber on this node (after
+/// its last subscriber left, a read, a cancelled join).
+pub(super) fn release(engine: &Engine, topic: &str) {
+    let mut shard = engine.histories.lock(topic);
+    if engine.registry.topic_len(topic) == 0 {
+        engine.histories.forget_if_idle(&mut shard, topic);
     }
 }
 
@@ -567,15 +577,20 @@ pub(crate) async fn read_history(
             _ => Ok(read.entries),
         };
     }
-    let mut shard = engine.histories.lock(topic);
-    let log = state(&mut shard, topic).log.get_or_insert_with(Log::new);
-    log.trim(policy, Instant::now());
-    match since {
-        Some(p) => log.since(p).ok_or(HistoryError::Unrecoverable {
-            current: log.current(),
-        }),
-        None => Ok(log.entries_after(0)),
-    }
+    let read = {
+        let mut shard = engine.histories.lock(topic);
+        let log = state(&mut shard, topic).log.get_or_insert_with(Log::new);
+        log.trim(policy, Instant::now());
+        match since {
+            Some(p) => log.since(p).ok_or(HistoryError::Unrecoverable {
+                current: log.current(),
+            }),
+            None => Ok(log.entries_after(0)),
+        }
+    };
+    // A read of a topic nobody uses leaves nothing behind.
+    release(engine, topic);
+    read
 }
 
 /// Sessions of `topic` between starting and finishing a cluster recovery.
