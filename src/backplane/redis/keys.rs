@@ -1,0 +1,106 @@
+//! Every name wshub uses in Redis (channels and keys, under the configured prefix), and the
+//! Lua scripts that run there.
+
+/// Channel and key names.
+pub(super) struct Names {
+    pub(super) prefix: String,
+    pub(super) all: String,
+    pub(super) own: String,
+}
+
+impl Names {
+    pub(super) fn new(prefix: &str, node: u16) -> Self {
+        Names {
+            prefix: prefix.to_owned(),
+            all: format!("{prefix}:all"),
+            own: format!("{prefix}:node:{node}"),
+        }
+    }
+    pub(super) fn topic(&self, topic: &str) -> String {
+        format!("{}:topic:{topic}", self.prefix)
+    }
+    pub(super) fn node(&self, node: u16) -> String {
+        format!("{}:node:{node}", self.prefix)
+    }
+    pub(super) fn lease(&self, node: u16) -> String {
+        format!("{}:lease:{node}", self.prefix)
+    }
+    pub(super) fn counts(&self, node: u16) -> String {
+        format!("{}:counts:{node}", self.prefix)
+    }
+    pub(super) fn nodes(&self) -> String {
+        format!("{}:nodes", self.prefix)
+    }
+    pub(super) fn node_seq(&self) -> String {
+        format!("{}:node-seq", self.prefix)
+    }
+    /// Epoch, sequence and stream of a topic's history.
+    pub(super) fn history(&self, topic: &str) -> [String; 3] {
+        let p = &self.prefix;
+        [
+            format!("{p}:history:{topic}:epoch"),
+            format!("{p}:history:{topic}:seq"),
+            format!("{p}:history:{topic}:log"),
+        ]
+    }
+    pub(super) fn presence(&self, topic: &str) -> String {
+        format!("{}:presence:{topic}", self.prefix)
+    }
+}
+
+/// Numbers a publication and appends it to the topic's stream, then publishes it, in one
+/// atomic step, so that the order of the stream is the order of delivery on every node.
+/// KEYS: epoch, sequence, stream. ARGV: channel, envelope, max length, a new epoch (8 bytes)
+/// in case the history is gone. The published message is `R`, the epoch (8 bytes), the offset
+/// (8 bytes, big-endian), then the envelope. Returns the number of receivers.
+pub(super) const RECORD: &str = r"
+local epoch = redis.call('GET', KEYS[1])
+if not epoch then
+  epoch = ARGV[4]
+  redis.call('SET', KEYS[1], epoch)
+  redis.call('DEL', KEYS[2], KEYS[3])
+end
+local offset = redis.call('INCR', KEYS[2])
+local t = redis.call('TIME')
+local ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[3], offset .. '-0', 'e', ARGV[2], 't', ms)
+local n, be = offset, ''
+for i = 1, 8 do
+  be = string.char(n % 256) .. be
+  n = math.floor(n / 256)
+end
+return {redis.call('PUBLISH', ARGV[1], 'R' .. epoch .. be .. ARGV[2]), epoch, offset}
+";
+
+/// Reads a topic's history: creates the epoch when there is none (so that it is stable from
+/// the first reader on), and returns epoch, sequence, Redis time (ms) and the stream entries
+/// from ARGV[1] on. KEYS: epoch, sequence, stream. ARGV: first id, a new epoch.
+pub(super) const READ_HISTORY: &str = r"
+redis.call('SET', KEYS[1], ARGV[2], 'NX')
+local t = redis.call('TIME')
+local ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+return {redis.call('GET', KEYS[1]), redis.call('GET', KEYS[2]) or '0', ms,
+        redis.call('XRANGE', KEYS[3], ARGV[1], '+')}
+";
+
+/// Renews this node's lease: 1 when it had lapsed and was taken again, 0 when renewed, -1 when
+/// another node holds it.
+pub(super) const RENEW_LEASE: &str = r"
+local v = redis.call('GET', KEYS[1])
+if not v then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  return 1
+elseif v == ARGV[1] then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  return 0
+end
+return -1
+";
+
+/// Gives the lease up, if it is still this node's.
+pub(super) const RELEASE_LEASE: &str = r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1], KEYS[2])
+end
+return 0
+";
