@@ -374,8 +374,11 @@ impl Hub {
         }
         let (confirm, position) = crate::backplane::Confirm::new();
         let mut report = crate::history::publish(&self.core, topic, message, policy, Some(confirm));
-        let numbered = tokio::time::timeout(CONFIRM_WAIT, position).await;
-        report.position = numbered.ok().and_then(Result::ok);
+        match tokio::time::timeout(CONFIRM_WAIT, position).await {
+            Ok(Ok(Ok(position))) => report.position = Some(position),
+            Ok(Ok(Err(error))) => report.remote = crate::backplane::Remote::Failed(error),
+            _ => {}
+        }
         report
     }
 

@@ -29,17 +29,25 @@ use crate::session::SessionId;
 /// Carries the [`Position`](crate::Position) a shared log assigned to a publication back to
 /// the publisher (see [`Backplane::publish_recorded`]).
 #[derive(Debug)]
-pub struct Confirm(tokio::sync::oneshot::Sender<crate::Position>);
+pub struct Confirm(tokio::sync::oneshot::Sender<Result<crate::Position, RemoteError>>);
+
+/// What a [`Confirm`] carries back: the position, or why the publication was not made.
+pub(crate) type Confirmed = tokio::sync::oneshot::Receiver<Result<crate::Position, RemoteError>>;
 
 impl Confirm {
-    pub(crate) fn new() -> (Confirm, tokio::sync::oneshot::Receiver<crate::Position>) {
+    pub(crate) fn new() -> (Confirm, Confirmed) {
         let (tx, rx) = tokio::sync::oneshot::channel();
         (Confirm(tx), rx)
     }
 
     /// Reports the position; a publisher that stopped waiting is not an error.
     pub fn send(self, position: crate::Position) {
-        let _ = self.0.send(position);
+        let _ = self.0.send(Ok(position));
+    }
+
+    /// Reports that the publication was not made, and why.
+    pub fn refuse(self, error: RemoteError) {
+        let _ = self.0.send(Err(error));
     }
 }
 

@@ -131,7 +131,7 @@ impl RedisConfig {
 /// [`RedisBackplane::stats`](super::RedisBackplane::stats).
 ///
 /// Until [`close`](super::RedisBackplane::close), every message the hub handed over ends up in
-/// exactly one of `published`, `failed_down`, `failed_full` or `lost`.
+/// exactly one of `published`, `failed_down`, `failed_full`, `lost` or `refused`.
 ///
 /// ```no_run
 /// # fn f(backplane: &wshub::RedisBackplane) {
@@ -163,6 +163,12 @@ pub struct RedisStats {
     /// Envelopes accepted into the queue but lost when the connection broke before Redis
     /// confirmed them.
     pub lost: u64,
+    /// Envelopes (and history or presence writes) Redis answered with an error: out of memory
+    /// (`maxmemory` with `noeviction`), a script error. Each is logged; the other commands of
+    /// the same pipeline are not affected, and a recorded publication's
+    /// [`publish_confirmed`](crate::Hub::publish_confirmed) reports
+    /// [`RemoteError::Refused`](crate::RemoteError::Refused).
+    pub refused: u64,
     /// `send_to` and `close` envelopes that no node was listening for: the owning node has
     /// gone.
     pub undeliverable: u64,

@@ -52,7 +52,9 @@ impl Names {
 /// atomic step, so that the order of the stream is the order of delivery on every node.
 /// KEYS: epoch, sequence, stream. ARGV: channel, envelope, max length, a new epoch (8 bytes)
 /// in case the history is gone. The published message is `R`, the epoch (8 bytes), the offset
-/// (8 bytes, big-endian), then the envelope. Returns the number of receivers.
+/// (8 bytes, big-endian), then the envelope. Returns the number of receivers, the epoch and the
+/// offset. A sequence behind the log (its key deleted or lost while the log survived) is set
+/// from the log's last id, so numbering goes on instead of failing every publication.
 pub(super) const RECORD: &str = r"
 local epoch = redis.call('GET', KEYS[1])
 if not epoch then
@@ -63,7 +65,18 @@ end
 local offset = redis.call('INCR', KEYS[2])
 local t = redis.call('TIME')
 local ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[3], offset .. '-0', 'e', ARGV[2], 't', ms)
+local added = redis.pcall('XADD', KEYS[3], 'MAXLEN', '~', ARGV[3], offset .. '-0', 'e', ARGV[2], 't', ms)
+if type(added) == 'table' and added.err then
+  -- The sequence is behind the log (its key was lost): number on from the log's last entry.
+  local info = redis.call('XINFO', 'STREAM', KEYS[3])
+  local last = '0-0'
+  for i = 1, #info, 2 do
+    if info[i] == 'last-generated-id' then last = info[i + 1] end
+  end
+  offset = tonumber(string.match(last, '^(%d+)')) + 1
+  redis.call('SET', KEYS[2], offset)
+  redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[3], offset .. '-0', 'e', ARGV[2], 't', ms)
+end
 local n, be = offset, ''
 for i = 1, 8 do
   be = string.char(n % 256) .. be

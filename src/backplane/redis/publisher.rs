@@ -31,6 +31,19 @@ pub(super) enum Channel {
     },
 }
 
+impl Channel {
+    /// What the command is, for the logs.
+    fn kind(&self) -> &'static str {
+        match self {
+            Channel::All => "broadcast",
+            Channel::Node(_) => "send_to/close",
+            Channel::Topic(_) => "publish",
+            Channel::Recorded { .. } => "recorded publish",
+            Channel::Presence { .. } => "presence",
+        }
+    }
+}
+
 pub(super) struct Outgoing {
     pub(super) channel: Channel,
     pub(super) envelope: Bytes,
@@ -139,14 +152,21 @@ pub(super) async fn send_batch(
         }
         .arg(&o.envelope[..]);
     }
-    let replies: Vec<r::Value> = pipe.query_async(conn).await?;
-    shared
-        .stats
-        .published
-        .fetch_add(batch.len() as u64, Relaxed);
-    let mut undeliverable = 0;
+    // An error reply fails its own command only: Redis ran the others, and the connection
+    // is fine. Only a connection error fails the batch.
+    let replies: Vec<r::Value> = pipe.ignore_errors().query_async(conn).await?;
+    let (mut published, mut refused, mut undeliverable) = (0u64, 0u64, 0u64);
+    let mut first_error = None;
     for (o, reply) in batch.iter_mut().zip(replies) {
         let n = match reply {
+            r::Value::ServerError(error) => {
+                refused += 1;
+                if let Some(confirm) = o.confirm.take() {
+                    confirm.refuse(crate::error::RemoteError::Refused);
+                }
+                first_error.get_or_insert((error, o.channel.kind()));
+                continue;
+            }
             r::Value::Int(n) => n,
             // A recorded publication: receivers, epoch (8 bytes, big-endian), offset.
             r::Value::Array(parts) => {
@@ -167,12 +187,24 @@ pub(super) async fn send_batch(
             }
             _ => 1,
         };
+        published += 1;
         if n == 0 {
             if let Channel::Node(node) = o.channel {
                 undeliverable += 1;
                 tracing::debug!(node, "message for a session of a node that has gone");
             }
         }
+    }
+    shared.stats.published.fetch_add(published, Relaxed);
+    if let Some((error, kind)) = first_error {
+        shared.stats.refused.fetch_add(refused, Relaxed);
+        tracing::warn!(
+            node = shared.node,
+            refused,
+            first = kind,
+            %error,
+            "Redis refused {refused} command(s) of a pipeline; the others were sent"
+        );
     }
     if undeliverable > 0 {
         shared.stats.undeliverable.fetch_add(undeliverable, Relaxed);

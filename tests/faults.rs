@@ -1,0 +1,241 @@
+//! What the Redis backplane guarantees under faults, against a real `redis-server` the test
+//! starts (and fills, restarts, or cuts connections of), real nodes and real WebSocket
+//! clients: an error reply fails only its own command; node numbers stay unique across a
+//! Redis restart; a dropped subscription or a Redis restart never leaves a silent gap in a
+//! topic's stream; every key has a TTL; presence converges after faults.
+//!
+//! Liveness and backoff are short (`fast_config`), so each test takes a few seconds.
+
+mod cluster_support;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use cluster_support::{Redis, fast_config};
+use futures_util::{SinkExt, StreamExt};
+use serde_json::Value;
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::Message as Ws;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+use wshub::{
+    ClientCommand, Config, Handler, HistoryPolicy, Hub, Message, Position, RedisBackplane,
+    RedisConfig, Remote, Session,
+};
+
+const WAIT: Duration = Duration::from_secs(10);
+
+/// Tells each client its id first; applies the JSON protocol's commands.
+struct App;
+
+#[wshub::async_trait]
+impl Handler for App {
+    async fn open(&self, s: &Session) {
+        let _ = s.send(format!(r#"{{"type":"id","id":"{}"}}"#, s.id().as_u64()));
+    }
+    async fn on_message(&self, s: &Session, m: Message) {
+        if let Some(command) = ClientCommand::parse(&m) {
+            if let Err(e) = s.apply(&command).await {
+                let _ = s.send(format!(r#"{{"type":"error","error":"{e}"}}"#));
+            }
+        }
+    }
+    fn presence_info(&self, s: &Session) -> Option<String> {
+        s.request().query_param("name").map(str::to_owned)
+    }
+}
+
+struct Node {
+    hub: Hub,
+    backplane: Arc<RedisBackplane>,
+    addr: std::net::SocketAddr,
+}
+
+async fn node(redis: &Redis, config: RedisConfig) -> Node {
+    let backplane = Arc::new(
+        RedisBackplane::connect_with(&redis.url, config)
+            .await
+            .expect("connect the backplane"),
+    );
+    let hub = Hub::builder(App)
+        .config(
+            Config::default()
+                .history("feed*", HistoryPolicy::new(10_000, None))
+                .presence("room*")
+                .envelope(true),
+        )
+        .backplane(backplane.clone())
+        .build();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(hub.clone().serve(listener));
+    Node {
+        hub,
+        backplane,
+        addr,
+    }
+}
+
+struct Client {
+    ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
+    id: u64,
+}
+
+impl Client {
+    async fn connect(addr: std::net::SocketAddr, name: &str) -> Client {
+        let url = format!("ws://{addr}/?name={name}");
+        let ws = tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(url))
+            .await
+            .expect("connect in time")
+            .expect("connect")
+            .0;
+        let mut c = Client { ws, id: 0 };
+        let hello = c.recv().await;
+        c.id = hello["id"].as_str().unwrap().parse().unwrap();
+        c
+    }
+
+    /// The next text message (JSON, or a plain text as a JSON string), or the close frame's
+    /// `{"close":code}`; `None` when nothing arrives within `wait`.
+    async fn try_recv(&mut self, wait: Duration) -> Option<Value> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let next = tokio::time::timeout_at(deadline, self.ws.next())
+                .await
+                .ok()?;
+            match next {
+                Some(Ok(Ws::Text(t))) => {
+                    return Some(
+                        serde_json::from_str(t.as_str()).unwrap_or(Value::String(t.to_string())),
+                    );
+                }
+                Some(Ok(Ws::Close(f))) => {
+                    let code = f.map_or(1005, |f| u16::from(f.code));
+                    return Some(serde_json::json!({ "close": code }));
+                }
+                Some(Ok(_)) => continue,
+                Some(Err(_)) | None => return Some(serde_json::json!({ "close": 1006 })),
+            }
+        }
+    }
+
+    async fn recv(&mut self) -> Value {
+        self.try_recv(WAIT)
+            .await
+            .unwrap_or_else(|| panic!("no message within {WAIT:?}"))
+    }
+
+    async fn send(&mut self, text: String) {
+        self.ws.send(Ws::text(text)).await.expect("send");
+    }
+
+    async fn subscribe(&mut self, topic: &str, since: Option<Position>) -> Value {
+        let text = match since {
+            None => format!(r#"{{"type":"subscribe","topic":"{topic}"}}"#),
+            Some(p) => format!(
+                r#"{{"type":"subscribe","topic":"{topic}","since":{{"epoch":"{}","offset":{}}}}}"#,
+                p.epoch, p.offset
+            ),
+        };
+        self.send(text).await;
+        self.recv().await
+    }
+}
+
+fn position(v: &Value) -> Position {
+    Position::new(
+        v["epoch"].as_str().unwrap().parse().unwrap(),
+        v["offset"].as_u64().unwrap(),
+    )
+}
+
+fn cmd<T: redis::FromRedisValue>(redis: &Redis, args: &[&str]) -> T {
+    let mut c = redis::cmd(args[0]);
+    for a in &args[1..] {
+        c.arg(*a);
+    }
+    c.query(&mut redis.conn())
+        .unwrap_or_else(|e| panic!("{args:?}: {e}"))
+}
+
+// (4) Error replies are per command.
+
+#[tokio::test]
+async fn an_error_reply_fails_only_its_own_command() {
+    let Some(redis) = Redis::own("faults_error_reply") else {
+        return;
+    };
+    let prefix = redis.prefix("err");
+    let a = node(&redis, fast_config(&prefix)).await;
+    let b = node(&redis, fast_config(&prefix)).await;
+    let mut c = Client::connect(b.addr, "c").await;
+    assert_eq!(c.subscribe("feed", None).await["type"], "subscribed");
+    a.hub.publish("feed", "before");
+    let first = c.recv().await;
+    assert_eq!(first["data"], "before");
+
+    // Redis is full and refuses writes; PUBLISH needs no memory and still works.
+    let _: () = cmd(&redis, &["CONFIG", "SET", "maxmemory-policy", "noeviction"]);
+    let _: () = cmd(&redis, &["CONFIG", "SET", "maxmemory", "1"]);
+    // One pipeline: a recorded publication (refused: out of memory) and a broadcast.
+    a.hub.publish("feed", "refused");
+    a.hub.broadcast("hello");
+    let m = c.recv().await;
+    assert_eq!(
+        m, "hello",
+        "the broadcast in the same pipeline as a refused command is delivered"
+    );
+    let confirmed = a.hub.publish_confirmed("feed", "refused too").await;
+    assert_eq!(confirmed.position, None);
+    assert_eq!(
+        confirmed.remote,
+        Remote::Failed(wshub::RemoteError::Refused),
+        "the refusal is reported to the publisher"
+    );
+    let s = a.backplane.stats();
+    assert_eq!((s.refused, s.lost, s.reconnects), (2, 0, 0), "{s:?}");
+    assert!(s.connected);
+
+    // Memory again: the next publication follows the last one, no gap, no new epoch.
+    let _: () = cmd(&redis, &["CONFIG", "SET", "maxmemory", "0"]);
+    a.hub.publish("feed", "after");
+    let m = c.recv().await;
+    assert_eq!(m["data"], "after");
+    assert_eq!(
+        position(&m),
+        Position::new(position(&first).epoch, 2),
+        "refused publications were never numbered"
+    );
+}
+
+#[tokio::test]
+async fn a_lost_sequence_key_is_resynchronised_from_the_log() {
+    let Some(redis) = Redis::own("faults_seq_lost") else {
+        return;
+    };
+    let prefix = redis.prefix("seq");
+    let a = node(&redis, fast_config(&prefix)).await;
+    let mut c = Client::connect(a.addr, "c").await;
+    assert_eq!(c.subscribe("feed", None).await["type"], "subscribed");
+    let mut last = Position::default();
+    for i in 1..=3 {
+        let r = a.hub.publish_confirmed("feed", format!("m{i}")).await;
+        last = r.position.expect("numbered");
+        assert_eq!(c.recv().await["offset"], i);
+    }
+    let _: i64 = cmd(&redis, &["DEL", &format!("{prefix}:history:feed:seq")]);
+    for i in 4..=5 {
+        let r = a.hub.publish_confirmed("feed", format!("m{i}")).await;
+        assert_eq!(
+            r.position,
+            Some(Position::new(last.epoch, i)),
+            "numbering resumes after the log's last entry: {r:?}"
+        );
+        let m = c.recv().await;
+        assert_eq!(
+            (m["data"].as_str(), m["offset"].as_u64()),
+            (Some(&*format!("m{i}")), Some(i))
+        );
+    }
+    let s = a.backplane.stats();
+    assert_eq!((s.refused, s.lost, s.reconnects), (0, 0, 0), "{s:?}");
+}
