@@ -11,7 +11,7 @@ mod cluster_support;
 use std::sync::Arc;
 use std::time::Duration;
 
-use cluster_support::{Redis, fast_config};
+use cluster_support::{Redis, fast_config, wait_until};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::Value;
 use tokio::net::TcpStream;
@@ -238,4 +238,86 @@ async fn a_lost_sequence_key_is_resynchronised_from_the_log() {
     }
     let s = a.backplane.stats();
     assert_eq!((s.refused, s.lost, s.reconnects), (0, 0, 0), "{s:?}");
+}
+
+// (5) Node numbers stay unique across a Redis restart.
+
+#[tokio::test]
+async fn a_node_whose_number_was_taken_renumbers_and_targets_stay_exact() {
+    let Some(mut redis) = Redis::own("faults_renumber") else {
+        return;
+    };
+    let prefix = redis.prefix("renumber");
+    // A beats once a second and reconnects slowly: after Redis restarts it is still in its
+    // backoff when B starts and claims a number, so B gets A's number.
+    let slow = fast_config(&prefix)
+        .heartbeat(Duration::from_secs(1))
+        .liveness_timeout(Duration::from_secs(3))
+        .reconnect_backoff(Duration::from_millis(1000), Duration::from_millis(1000));
+    let a = node(&redis, slow).await;
+    let number = a.backplane.node_id();
+    let mut old = Client::connect(a.addr, "old").await;
+    // Restart right after one of A's beats, so its next one comes after B's claim.
+    let lease = format!("{prefix}:lease:{number}");
+    let ttl = || cmd::<i64>(&redis, &["PTTL", &lease]);
+    let mut before = ttl();
+    wait_until("A renews its lease", || {
+        let now = ttl();
+        let renewed = now > before;
+        before = now;
+        async move { renewed }
+    })
+    .await;
+    redis.stop();
+    redis.start().unwrap();
+    let b = node(&redis, fast_config(&prefix)).await;
+    assert_eq!(
+        b.backplane.node_id(),
+        number,
+        "the setup: B claimed A's number while A was reconnecting"
+    );
+
+    // A finds out and takes a new number; its sessions are closed with 1012.
+    let closed = old.recv().await;
+    assert_eq!(closed, serde_json::json!({ "close": 1012 }), "{closed}");
+    assert_ne!(a.backplane.node_id(), number);
+    assert_eq!(a.backplane.stats().renumbered, 1);
+
+    // Targeted messages reach exactly their session, broadcasts cross both ways.
+    let mut ca = Client::connect(a.addr, "ca").await;
+    let mut cb = Client::connect(b.addr, "cb").await;
+    assert_eq!(ca.id >> 48, u64::from(a.backplane.node_id()));
+    assert_eq!(cb.id >> 48, u64::from(number));
+    let to = |id| wshub::SessionId::from_u64(id);
+    wait_until("A's new node channel is subscribed", || {
+        let n = redis.subscribers(&format!("{prefix}:node:{}", a.backplane.node_id()));
+        async move { n == 1 }
+    })
+    .await;
+    assert_eq!(
+        redis.subscribers(&format!("{prefix}:node:{number}")),
+        1,
+        "only B listens on its number"
+    );
+    wait_until("A publishes again", || {
+        let up = a.backplane.is_connected();
+        async move { up }
+    })
+    .await;
+    b.hub.send_to(to(ca.id), "for ca").unwrap();
+    a.hub.send_to(to(cb.id), "for cb").unwrap();
+    assert_eq!(ca.recv().await, "for ca");
+    assert_eq!(cb.recv().await, "for cb");
+    b.hub.broadcast("from b");
+    a.hub.broadcast("from a");
+    for c in [&mut ca, &mut cb] {
+        let mut got = vec![c.recv().await, c.recv().await];
+        got.sort_by_key(|v| v.to_string());
+        assert_eq!(got, ["from a", "from b"]);
+        assert_eq!(
+            c.try_recv(Duration::from_millis(200)).await,
+            None,
+            "nothing else"
+        );
+    }
 }

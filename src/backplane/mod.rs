@@ -627,9 +627,33 @@ pub struct LocalNode {
 }
 
 impl LocalNode {
-    /// This node's number.
+    /// This node's number (the one it was attached with, or the last
+    /// [`renumber`](Self::renumber)).
     pub fn node_id(&self) -> u16 {
-        self.node
+        self.core.upgrade().map_or(self.node, |c| c.registry.node())
+    }
+
+    /// This node lost its number to another live node (the backplane found the number held by
+    /// someone else, e.g. after Redis restarted without its data): new sessions get ids of
+    /// `node` from now on, envelopes from `node` count as this node's own, and every session
+    /// connected now is closed with 1012 (service restart), so that its client reconnects (and
+    /// recovers its topics) under the new number instead of sharing ids with the other node.
+    ///
+    /// The backplane must report the new number from [`Backplane::node_id`] before calling
+    /// this. Returns the sessions closed.
+    pub fn renumber(&self, node: u16) -> usize {
+        let Some(core) = self.core.upgrade() else {
+            return 0;
+        };
+        core.registry.set_node(node);
+        let mut closed = 0;
+        core.registry.for_each(|s| {
+            let frame = CloseFrame::new(CloseCode::RESTART, "node renumbered; reconnect");
+            if core.close_session(s, frame) {
+                closed += 1;
+            }
+        });
+        closed
     }
 
     /// Delivers an envelope from another node to this node's sessions, through the same
@@ -650,7 +674,7 @@ impl LocalNode {
         let Some(core) = self.core.upgrade() else {
             return Ok(Delivery::default());
         };
-        if raw.origin == self.node {
+        if raw.origin == core.registry.node() {
             return Ok(Delivery::default());
         }
         let frame = || frame::encode(raw.opcode, raw.payload);
@@ -736,7 +760,7 @@ impl LocalNode {
 impl std::fmt::Debug for LocalNode {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("LocalNode")
-            .field("node", &self.node)
+            .field("node", &self.node_id())
             .field("alive", &self.is_alive())
             .finish()
     }

@@ -178,4 +178,8 @@ pub struct RedisStats {
     pub malformed: u64,
     /// Connections re-established after a failure (any of the three).
     pub reconnects: u64,
+    /// Times this node found its number held by another live node (after a Redis restart
+    /// without data, or a stall past the liveness timeout) and took a new one, closing its
+    /// sessions with 1012 so their clients reconnect under the new number.
+    pub renumbered: u64,
 }

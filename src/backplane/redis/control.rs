@@ -174,7 +174,7 @@ impl Shared {
             .query_async(&mut conn)
             .await?;
         let field = topic.map(|t| format!("topic:{t}"));
-        let others: Vec<u16> = members.into_iter().filter(|n| *n != self.node).collect();
+        let others: Vec<u16> = members.into_iter().filter(|n| *n != self.node()).collect();
         let mut pipe = r::pipe();
         for n in &others {
             let cmd = pipe.cmd("HMGET").arg(self.names.counts(*n)).arg("sessions");
@@ -206,7 +206,7 @@ impl Shared {
                 Some(t) => local.subscriber_count(t),
                 None => local.session_count(),
             };
-            count.nodes.push((self.node, own));
+            count.nodes.push((self.node(), own));
         }
         count.nodes.sort_unstable();
         if !dead.is_empty() {

@@ -5,15 +5,13 @@
 pub(super) struct Names {
     pub(super) prefix: String,
     pub(super) all: String,
-    pub(super) own: String,
 }
 
 impl Names {
-    pub(super) fn new(prefix: &str, node: u16) -> Self {
+    pub(super) fn new(prefix: &str) -> Self {
         Names {
             prefix: prefix.to_owned(),
             all: format!("{prefix}:all"),
-            own: format!("{prefix}:node:{node}"),
         }
     }
     pub(super) fn topic(&self, topic: &str) -> String {

@@ -17,7 +17,7 @@ pub(super) async fn claim_node(
     config: &RedisConfig,
     token: &str,
 ) -> Result<u16, BackplaneError> {
-    let names = Names::new(&config.prefix, 0);
+    let names = Names::new(&config.prefix);
     for _ in 0..u16::MAX {
         let seq: u64 = r::cmd("INCR")
             .arg(names.node_seq())
@@ -77,13 +77,14 @@ pub(super) async fn run_heartbeat(shared: Arc<Shared>, mut beat: Heartbeat) {
             biased;
             _ = stop.changed() => return,
             _ = tick.tick() => {}
+            _ = shared.beat_now.notified() => {}
         }
         match beat.beat(&shared).await {
             Ok(()) if failing => {
                 failing = false;
                 shared.stats.reconnects.fetch_add(1, Relaxed);
                 tracing::info!(
-                    node = shared.node,
+                    node = shared.node(),
                     "heartbeat restored: this node counts again"
                 );
             }
@@ -91,7 +92,7 @@ pub(super) async fn run_heartbeat(shared: Arc<Shared>, mut beat: Heartbeat) {
             Err(error) => {
                 if !failing {
                     tracing::warn!(
-                        node = shared.node,
+                        node = shared.node(),
                         %error,
                         "heartbeat failed: other nodes stop counting this one if it lasts"
                     );
@@ -110,7 +111,6 @@ pub(super) async fn run_heartbeat(shared: Arc<Shared>, mut beat: Heartbeat) {
 pub(super) struct Heartbeat {
     /// `None`: write everything at the next beat.
     pub(super) written: Option<Written>,
-    pub(super) conflict_logged: bool,
 }
 
 #[derive(Default, PartialEq)]
@@ -123,7 +123,7 @@ impl Heartbeat {
     /// Renews the lease and writes what changed in the counts.
     pub(super) async fn beat(&mut self, shared: &Shared) -> r::RedisResult<()> {
         let mut conn = shared.control_connection().await?;
-        let n = shared.node;
+        let n = shared.node();
         let renewed: i64 = r::Script::new(RENEW_LEASE)
             .key(shared.names.lease(n))
             .arg(&shared.token)
@@ -132,14 +132,25 @@ impl Heartbeat {
             .await?;
         match renewed {
             -1 => {
-                if !self.conflict_logged {
-                    tracing::error!(
-                        node = n,
-                        "another node holds this node's number (this one stalled past its \
-                         liveness timeout): session ids may collide; restart this node"
-                    );
-                    self.conflict_logged = true;
-                }
+                // Another live node holds this number (it claimed it while Redis had lost the
+                // lease, or while this node stalled past its liveness): serving on under it
+                // would route that node's `send_to` here and drop its broadcasts as our own.
+                let new = claim_node(&mut conn, &shared.config, &shared.token)
+                    .await
+                    .map_err(|e| r::RedisError::from(std::io::Error::other(e.to_string())))?;
+                shared.node.store(new, Relaxed);
+                shared.stats.renumbered.fetch_add(1, Relaxed);
+                shared.renumbered.notify_one();
+                let closed = shared.local.get().map_or(0, |local| local.renumber(new));
+                tracing::error!(
+                    old = n,
+                    new,
+                    closed,
+                    "another node holds this node's number (Redis restarted without data, or \
+                     this node stalled past its liveness timeout): took a new number and \
+                     closed this node's sessions with 1012 so they reconnect under it"
+                );
+                self.written = None;
                 return Ok(());
             }
             1 => {
@@ -153,7 +164,6 @@ impl Heartbeat {
             }
             _ => {}
         }
-        self.conflict_logged = false;
         let now = Written {
             sessions: shared.local.get().map_or(0, LocalNode::session_count),
             topics: shared.local.get().map_or_else(HashMap::new, |local| {

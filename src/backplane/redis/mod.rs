@@ -32,7 +32,7 @@ mod subscriber;
 use std::collections::HashSet;
 use std::fmt;
 use std::hash::{BuildHasher, Hasher};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
@@ -129,7 +129,8 @@ pub struct RedisBackplane {
 struct Shared {
     config: RedisConfig,
     client: r::Client,
-    node: u16,
+    /// This node's number; changes only when another live node turns out to hold it.
+    node: AtomicU16,
     token: String,
     names: Names,
     queue: mpsc::Sender<Outgoing>,
@@ -142,6 +143,10 @@ struct Shared {
     /// Topic channels the subscription connection has confirmed (for `topic_ready`).
     ready: Mutex<HashSet<String>>,
     ready_changed: Notify,
+    /// Tells the subscriber that the node number changed (its node channel with it).
+    renumbered: Notify,
+    /// Asks the heartbeat to renew the lease now (the subscription was re-established).
+    beat_now: Notify,
     /// Barriers for the subscriber: answered once everything Redis sent before is delivered.
     barriers: Mutex<Vec<tokio::sync::oneshot::Sender<()>>>,
     barrier_wake: Notify,
@@ -168,6 +173,7 @@ struct Counters {
     received: AtomicU64,
     malformed: AtomicU64,
     reconnects: AtomicU64,
+    renumbered: AtomicU64,
     topic_channels: AtomicUsize,
 }
 
@@ -207,8 +213,8 @@ impl RedisBackplane {
         let mut control = connect(&client, &config).await.map_err(connection_error)?;
         let token = random_token();
         let node = claim_node(&mut control, &config, &token).await?;
-        let names = Names::new(&config.prefix, node);
-        let (sink, stream) = subscribe_base(&client, &config, &names)
+        let names = Names::new(&config.prefix);
+        let (sink, stream) = subscribe_base(&client, &config, &names, node)
             .await
             .map_err(connection_error)?;
         let publisher = connect(&client, &config).await.map_err(connection_error)?;
@@ -217,7 +223,7 @@ impl RedisBackplane {
         let shared = Arc::new(Shared {
             config,
             client,
-            node,
+            node: AtomicU16::new(node),
             token,
             names,
             queue,
@@ -227,6 +233,8 @@ impl RedisBackplane {
             local: OnceLock::new(),
             ready: Mutex::default(),
             ready_changed: Notify::new(),
+            renumbered: Notify::new(),
+            beat_now: Notify::new(),
             barriers: Mutex::default(),
             barrier_wake: Notify::new(),
             dirty: Mutex::default(),
@@ -253,7 +261,7 @@ impl RedisBackplane {
 
     /// This node's number in the cluster.
     pub fn node_id(&self) -> u16 {
-        self.shared.node
+        self.shared.node()
     }
 
     /// Whether publishes are accepted now (the publishing connection is up).
@@ -266,7 +274,7 @@ impl RedisBackplane {
         let s = &self.shared;
         let c = &s.stats;
         RedisStats {
-            node: s.node,
+            node: s.node(),
             connected: s.up.load(Relaxed),
             subscribed: s.sub_up.load(Relaxed),
             topic_channels: c.topic_channels.load(Relaxed),
@@ -279,6 +287,7 @@ impl RedisBackplane {
             received: c.received.load(Relaxed),
             malformed: c.malformed.load(Relaxed),
             reconnects: c.reconnects.load(Relaxed),
+            renumbered: c.renumbered.load(Relaxed),
         }
     }
 
@@ -301,7 +310,7 @@ impl RedisBackplane {
             let _ = task.await;
         }
         let mut conn = s.control_connection().await.map_err(connection_error)?;
-        let n = s.node;
+        let n = s.node();
         r::Script::new(RELEASE_LEASE)
             .key(s.names.lease(n))
             .key(s.names.counts(n))
@@ -329,7 +338,7 @@ impl Drop for RedisBackplane {
 impl fmt::Debug for RedisBackplane {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RedisBackplane")
-            .field("node", &self.shared.node)
+            .field("node", &self.shared.node())
             .field("prefix", &self.shared.config.prefix)
             .field("connected", &self.is_connected())
             .finish_non_exhaustive()
@@ -339,7 +348,7 @@ impl fmt::Debug for RedisBackplane {
 #[async_trait]
 impl Backplane for RedisBackplane {
     fn node_id(&self) -> u16 {
-        self.shared.node
+        self.shared.node()
     }
 
     fn attach(&self, node: LocalNode) {
@@ -378,8 +387,13 @@ impl Backplane for RedisBackplane {
         policy: &crate::HistoryPolicy,
         confirm: Option<super::Confirm>,
     ) -> Remote {
-        let envelope =
-            super::encode_message(super::KIND_PUBLISH, self.shared.node, None, topic, message);
+        let envelope = super::encode_message(
+            super::KIND_PUBLISH,
+            self.shared.node(),
+            None,
+            topic,
+            message,
+        );
         let channel = Channel::Recorded {
             topic: topic.to_owned(),
             max_messages: policy.max_messages,
@@ -573,6 +587,11 @@ impl Backoff {
 }
 
 impl Shared {
+    /// This node's number now.
+    fn node(&self) -> u16 {
+        self.node.load(Relaxed)
+    }
+
     /// A receiver whose `changed()` resolves once the backplane is stopping, even when it
     /// already was.
     fn stop_signal(&self) -> watch::Receiver<bool> {

@@ -199,7 +199,7 @@ pub(super) async fn send_batch(
     if let Some((error, kind)) = first_error {
         shared.stats.refused.fetch_add(refused, Relaxed);
         tracing::warn!(
-            node = shared.node,
+            node = shared.node(),
             refused,
             first = kind,
             %error,
@@ -225,7 +225,7 @@ pub(super) async fn reconnect_publisher(
     let since = Instant::now();
     let refused_before = shared.stats.failed_down.load(Relaxed);
     tracing::error!(
-        node = shared.node,
+        node = shared.node(),
         %error,
         "Redis connection lost: messages are delivered on this node only until it is back"
     );
@@ -257,7 +257,7 @@ pub(super) async fn reconnect_publisher(
                 shared.stats.reconnects.fetch_add(1, Relaxed);
                 let refused = shared.stats.failed_down.load(Relaxed) - refused_before;
                 tracing::info!(
-                    node = shared.node,
+                    node = shared.node(),
                     down_ms = since.elapsed().as_millis() as u64,
                     not_sent = refused,
                     "Redis connection back: sending to other nodes again"

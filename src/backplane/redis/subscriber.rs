@@ -18,12 +18,13 @@ pub(super) async fn subscribe_base(
     client: &r::Client,
     config: &RedisConfig,
     names: &Names,
+    node: u16,
 ) -> r::RedisResult<(PubSubSink, PubSubStream)> {
     let timeout = config.connect_timeout + config.response_timeout;
     let connecting = async {
         let (mut sink, stream) = client.get_async_pubsub().await?.split();
         sink.subscribe(&names.all).await?;
-        sink.subscribe(&names.own).await?;
+        sink.subscribe(names.node(node)).await?;
         Ok((sink, stream))
     };
     tokio::time::timeout(timeout, connecting)
@@ -51,7 +52,7 @@ pub(super) async fn run_subscriber(
         lock(&shared.ready).clear();
         shared.stats.topic_channels.store(0, Relaxed);
         tracing::error!(
-            node = shared.node,
+            node = shared.node(),
             %error,
             "Redis subscription lost: messages other nodes publish until it is back are lost"
         );
@@ -63,7 +64,8 @@ pub(super) async fn run_subscriber(
             if !shared.sleep(backoff.pause()).await {
                 return;
             }
-            match subscribe_base(&shared.client, &shared.config, &shared.names).await {
+            match subscribe_base(&shared.client, &shared.config, &shared.names, shared.node()).await
+            {
                 Ok((new_sink, new_stream)) => {
                     (sink, stream) = (new_sink, new_stream);
                     break;
@@ -78,8 +80,11 @@ pub(super) async fn run_subscriber(
         }
         shared.sub_up.store(true, Relaxed);
         shared.stats.reconnects.fetch_add(1, Relaxed);
+        // Redis may have restarted without its data, and another node taken this one's number
+        // meanwhile: have the heartbeat check the lease now rather than at its next beat.
+        shared.beat_now.notify_one();
         tracing::info!(
-            node = shared.node,
+            node = shared.node(),
             down_ms = since.elapsed().as_millis() as u64,
             "Redis subscription back: receiving from other nodes again"
         );
@@ -94,6 +99,8 @@ pub(super) async fn subscribed(
     topics: &mut HashSet<String>,
 ) -> Ended {
     let mut stop = shared.stop_signal();
+    // The node channel subscribed on this connection.
+    let mut own = shared.node();
     let mut ping = tokio::time::interval(shared.config.heartbeat);
     ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     shared.dirty_wake.notify_one();
@@ -121,6 +128,20 @@ pub(super) async fn subscribed(
                 }
                 for tx in waiting {
                     let _ = tx.send(());
+                }
+            }
+            _ = shared.renumbered.notified() => {
+                let now = shared.node();
+                if now != own {
+                    let switched = tokio::time::timeout(shared.config.response_timeout, async {
+                        sink.subscribe(shared.names.node(now)).await?;
+                        sink.unsubscribe(shared.names.node(own)).await
+                    });
+                    match switched.await {
+                        Ok(Ok(())) => own = now,
+                        Ok(Err(e)) => return Ended::Lost(e),
+                        Err(_) => return Ended::Lost(timed_out()),
+                    }
                 }
             }
             _ = shared.dirty_wake.notified() => {
@@ -163,7 +184,7 @@ pub(super) fn receive(shared: &Shared, envelope: &[u8], channel: &str) {
         return;
     }
     let own = envelope.first() == Some(&crate::backplane::VERSION)
-        && envelope.get(3..5) == Some(&shared.node.to_be_bytes()[..]);
+        && envelope.get(3..5) == Some(&shared.node().to_be_bytes()[..]);
     if own {
         return; // our own, back from the broadcast or a topic channel
     }
