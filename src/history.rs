@@ -531,6 +531,23 @@ pub(crate) fn deliver_recorded(
     report
 }
 
+/// Tells the subscribers of `topic` on this node, unasked, that part of its stream is lost:
+/// the `unrecoverable` reply, with the position to follow from (envelope mode only).
+pub(crate) fn announce_unrecoverable(core: &Core, topic: &str, position: Position) -> Delivery {
+    if !core.config.envelope {
+        return Delivery::default();
+    }
+    let current = Some(position);
+    let frame = reply_frame(topic, &Recovered::Unrecoverable { current });
+    // Under the topic's history lock, as `deliver_recorded`, so it sits in order between
+    // publications.
+    let shard = core.histories.lock(topic);
+    let report = core.registry.deliver_topic(topic, &frame, None);
+    drop(shard);
+    core.counters.delivery(&report);
+    report
+}
+
 // ---------------------------------------------------------------------------------------
 // Joining with recovery.
 

@@ -321,3 +321,103 @@ async fn a_node_whose_number_was_taken_renumbers_and_targets_stay_exact() {
         );
     }
 }
+
+// (1) No silent gap after the subscription drops or Redis loses its data.
+
+#[tokio::test]
+async fn a_killed_subscription_leaves_every_stream_exact() {
+    let Some(redis) = Redis::own("faults_pubsub_kill") else {
+        return;
+    };
+    let prefix = redis.prefix("kill");
+    let a = node(&redis, fast_config(&prefix)).await;
+    let b = node(&redis, fast_config(&prefix)).await;
+    let mut clients = Vec::new();
+    for n in [&a, &b, &a, &b] {
+        let mut c = Client::connect(n.addr, "c").await;
+        assert_eq!(c.subscribe("feed", None).await["type"], "subscribed");
+        clients.push(c);
+    }
+    const N: u64 = 300;
+    let (halfway, mut reached) = tokio::sync::mpsc::channel(1);
+    let hub = a.hub.clone();
+    let publisher = tokio::spawn(async move {
+        for i in 1..=N {
+            hub.publish("feed", format!("m{i}"));
+            if i == N / 4 {
+                let _ = halfway.send(()).await;
+            }
+            // Paced, so that publishing goes on all through the resubscription.
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    });
+    reached.recv().await.unwrap();
+    let killed: i64 = cmd(&redis, &["CLIENT", "KILL", "TYPE", "pubsub"]);
+    assert_eq!(killed, 2, "both nodes' subscriptions");
+    publisher.await.unwrap();
+    for (i, c) in clients.iter_mut().enumerate() {
+        for offset in 1..=N {
+            let m = c.recv().await;
+            assert_eq!(
+                (m["offset"].as_u64(), m["data"].as_str()),
+                (Some(offset), Some(&*format!("m{offset}"))),
+                "client {i}: gap or duplicate: {m}"
+            );
+        }
+        assert_eq!(
+            c.try_recv(Duration::from_millis(100)).await,
+            None,
+            "client {i}"
+        );
+    }
+    let mut caught_up = 0;
+    for n in [&a, &b] {
+        let s = n.backplane.stats();
+        assert!(s.reconnects >= 1, "{s:?}");
+        assert_eq!(s.unrecoverable, 0, "{s:?}");
+        caught_up += s.caught_up;
+    }
+    assert!(caught_up > 0, "publications of the window came from the log");
+}
+
+#[tokio::test]
+async fn a_redis_restart_without_data_is_announced_as_unrecoverable() {
+    let Some(mut redis) = Redis::own("faults_restart_unrecoverable") else {
+        return;
+    };
+    let prefix = redis.prefix("restart");
+    let a = node(&redis, fast_config(&prefix)).await;
+    let b = node(&redis, fast_config(&prefix)).await;
+    let mut c = Client::connect(b.addr, "c").await;
+    assert_eq!(c.subscribe("feed", None).await["type"], "subscribed");
+    for i in 1..=3 {
+        a.hub.publish("feed", format!("old {i}"));
+    }
+    let mut old = Position::default();
+    for i in 1..=3 {
+        let m = c.recv().await;
+        assert_eq!(m["offset"], i);
+        old = position(&m);
+    }
+    redis.stop();
+    redis.start().unwrap();
+    // The subscription comes back to a log of another epoch: the session is told, unasked.
+    let told = c.recv().await;
+    assert_eq!(told["type"], "unrecoverable", "{told}");
+    let from = position(&told["position"]);
+    assert_ne!(from.epoch, old.epoch, "{told}");
+    wait_until("A publishes again", || {
+        let up = a.backplane.is_connected();
+        async move { up }
+    })
+    .await;
+    a.hub.publish("feed", "new 1");
+    let m = c.recv().await;
+    assert_eq!(m["data"], "new 1");
+    assert_eq!(
+        position(&m),
+        Position::new(from.epoch, from.offset + 1),
+        "the new epoch's publications follow the announced position"
+    );
+    assert_eq!(b.backplane.stats().unrecoverable, 1);
+}

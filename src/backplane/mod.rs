@@ -732,6 +732,19 @@ impl LocalNode {
         }
     }
 
+    /// Tells this node's subscribers of `topic`, unasked, that publications they should have
+    /// received are lost and cannot be replayed (e.g. Redis restarted without its data): with
+    /// the [envelope](crate::Config::envelope) on, each gets
+    /// `{"type":"unrecoverable","topic":…,"position":…}` (PROTOCOL.md), reloads the topic's
+    /// state, and follows live publications after `position`. Without the envelope nothing is
+    /// sent (the application's messages carry no positions to lose).
+    pub fn unrecoverable(&self, topic: &str, position: crate::Position) -> Delivery {
+        match self.core.upgrade() {
+            Some(core) => crate::history::announce_unrecoverable(&core, topic, position),
+            None => Delivery::default(),
+        }
+    }
+
     /// Sessions connected to this node now.
     pub fn session_count(&self) -> usize {
         self.core.upgrade().map_or(0, |c| c.registry.len())

@@ -182,4 +182,12 @@ pub struct RedisStats {
     /// without data, or a stall past the liveness timeout) and took a new one, closing its
     /// sessions with 1012 so their clients reconnect under the new number.
     pub renumbered: u64,
+    /// Publications of topics with history that the subscription missed (it was lost and
+    /// re-established, or a gap showed in the live stream) and that were read from the log
+    /// and delivered in order before live delivery went on.
+    pub caught_up: u64,
+    /// Times the subscribers of a topic were told `unrecoverable` unasked, because what the
+    /// subscription missed is no longer in the log (Redis restarted without its data: a new
+    /// epoch; or trimmed).
+    pub unrecoverable: u64,
 }

@@ -29,7 +29,7 @@ mod liveness;
 mod publisher;
 mod subscriber;
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::hash::{BuildHasher, Hasher};
 use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, AtomicUsize, Ordering::Relaxed};
@@ -150,6 +150,10 @@ struct Shared {
     /// Barriers for the subscriber: answered once everything Redis sent before is delivered.
     barriers: Mutex<Vec<tokio::sync::oneshot::Sender<()>>>,
     barrier_wake: Notify,
+    /// The last position delivered into the hub, per topic with history whose channel is
+    /// subscribed: what a resubscription catches up from, and what live duplicates are
+    /// compared with. Only the subscriber task delivers; it alone advances these.
+    delivered: Mutex<HashMap<String, crate::Position>>,
     /// Topics whose local interest may have changed since the subscriber last looked.
     dirty: Mutex<HashSet<String>>,
     dirty_wake: Notify,
@@ -174,6 +178,8 @@ struct Counters {
     malformed: AtomicU64,
     reconnects: AtomicU64,
     renumbered: AtomicU64,
+    caught_up: AtomicU64,
+    unrecoverable: AtomicU64,
     topic_channels: AtomicUsize,
 }
 
@@ -237,6 +243,7 @@ impl RedisBackplane {
             beat_now: Notify::new(),
             barriers: Mutex::default(),
             barrier_wake: Notify::new(),
+            delivered: Mutex::default(),
             dirty: Mutex::default(),
             dirty_wake: Notify::new(),
             check: Notify::new(),
@@ -288,6 +295,8 @@ impl RedisBackplane {
             malformed: c.malformed.load(Relaxed),
             reconnects: c.reconnects.load(Relaxed),
             renumbered: c.renumbered.load(Relaxed),
+            caught_up: c.caught_up.load(Relaxed),
+            unrecoverable: c.unrecoverable.load(Relaxed),
         }
     }
 

@@ -11,6 +11,7 @@ use ::redis as r;
 use futures_util::StreamExt;
 use r::aio::{PubSubSink, PubSubStream};
 
+use super::control::ReadError;
 use super::keys::Names;
 use super::{Backoff, RedisConfig, Shared, lock, timed_out};
 
@@ -109,7 +110,11 @@ pub(super) async fn subscribed(
             biased;
             _ = stop.changed() => return Ended::Stopped,
             msg = stream.next() => match msg {
-                Some(msg) => receive(shared, msg.get_payload_bytes(), msg.get_channel_name()),
+                Some(msg) => {
+                    if let Err(e) = handle(shared, &msg).await {
+                        return Ended::Lost(e);
+                    }
+                }
                 None => return Ended::Lost(r::RedisError::from(std::io::Error::from(
                     std::io::ErrorKind::ConnectionReset,
                 ))),
@@ -124,7 +129,9 @@ pub(super) async fn subscribed(
                 }
                 // Messages Redis sent before the pong are in the stream already.
                 while let Some(Some(msg)) = futures_util::FutureExt::now_or_never(stream.next()) {
-                    receive(shared, msg.get_payload_bytes(), msg.get_channel_name());
+                    if let Err(e) = handle(shared, &msg).await {
+                        return Ended::Lost(e);
+                    }
                 }
                 for tx in waiting {
                     let _ = tx.send(());
@@ -159,12 +166,48 @@ pub(super) async fn subscribed(
     }
 }
 
-pub(super) fn receive(shared: &Shared, envelope: &[u8], channel: &str) {
+/// Delivers one message from the subscription; a gap in a topic's history is filled from
+/// the log first. An error is the control connection's: the subscription is re-established
+/// and the gap filled then.
+async fn handle(shared: &Shared, msg: &r::Msg) -> r::RedisResult<()> {
+    if let Some(topic) = receive(shared, msg.get_payload_bytes(), msg.get_channel_name()) {
+        // This publication is in the log already: the read covers it.
+        catch_up(shared, &topic).await?;
+    }
+    Ok(())
+}
+
+/// Where a recorded publication stands against the last one delivered of its topic.
+enum Track {
+    Next,
+    Duplicate,
+    Gap,
+}
+
+fn track(shared: &Shared, topic: &str, position: crate::Position) -> Track {
+    let mut delivered = lock(&shared.delivered);
+    match delivered.get_mut(topic) {
+        None => {
+            delivered.insert(topic.to_owned(), position);
+            Track::Next
+        }
+        Some(last) if last.epoch == position.epoch && position.offset <= last.offset => {
+            Track::Duplicate
+        }
+        Some(last) if last.epoch == position.epoch && position.offset == last.offset + 1 => {
+            *last = position;
+            Track::Next
+        }
+        Some(_) => Track::Gap,
+    }
+}
+
+/// Delivers what arrived; returns the topic when a recorded publication does not follow the
+/// last one delivered (a gap, or another epoch), undelivered.
+fn receive(shared: &Shared, envelope: &[u8], channel: &str) -> Option<String> {
     if let Some(recorded) = envelope.strip_prefix(b"R") {
         // A publication from a topic's history: every node delivers it, the publisher's too.
-        let Some(local) = shared.local.get() else {
-            return;
-        };
+        let local = shared.local.get()?;
         let decoded = (recorded.len() > 16)
             .then(|| crate::backplane::Envelope::decode(&recorded[16..]).ok())
             .flatten();
@@ -173,24 +216,29 @@ pub(super) fn receive(shared: &Shared, envelope: &[u8], channel: &str) {
                 let epoch = u64::from_be_bytes(recorded[..8].try_into().expect("8 bytes"));
                 let offset = u64::from_be_bytes(recorded[8..16].try_into().expect("8 bytes"));
                 let position = crate::Position::new(epoch, offset);
-                local.deliver_recorded(&topic, position, &message);
-                shared.stats.received.fetch_add(1, Relaxed);
+                match track(shared, &topic, position) {
+                    Track::Next => {
+                        local.deliver_recorded(&topic, position, &message);
+                        shared.stats.received.fetch_add(1, Relaxed);
+                    }
+                    Track::Duplicate => {} // delivered by a catch-up already
+                    Track::Gap => return Some(topic),
+                }
             }
             _ => {
                 shared.stats.malformed.fetch_add(1, Relaxed);
                 tracing::warn!(channel, "ignored a malformed history publication");
             }
         }
-        return;
+        return None;
     }
     let own = envelope.first() == Some(&crate::backplane::VERSION)
         && envelope.get(3..5) == Some(&shared.node().to_be_bytes()[..]);
     if own {
-        return; // our own, back from the broadcast or a topic channel
+        return None; // our own, back from the broadcast or a topic channel
     }
-    let Some(local) = shared.local.get() else {
-        return; // no hub yet, so no session to deliver to
-    };
+    // No hub yet: no session to deliver to.
+    let local = shared.local.get()?;
     match local.deliver(envelope) {
         Ok(_) => {
             shared.stats.received.fetch_add(1, Relaxed);
@@ -199,6 +247,100 @@ pub(super) fn receive(shared: &Shared, envelope: &[u8], channel: &str) {
             shared.stats.malformed.fetch_add(1, Relaxed);
             tracing::warn!(channel, %error, "ignored a message from another node");
         }
+    }
+    None
+}
+
+/// Delivers, in order, the publications of `topic` after the last one delivered, read from
+/// its log; when they are no longer all there (another epoch: Redis lost its data; or
+/// trimmed), tells the topic's subscribers `unrecoverable` at the log's current position
+/// instead, and goes on from there.
+async fn catch_up(shared: &Shared, topic: &str) -> r::RedisResult<()> {
+    let (Some(local), Some(last)) = (
+        shared.local.get(),
+        lock(&shared.delivered).get(topic).copied(),
+    ) else {
+        return Ok(());
+    };
+    // Every entry after `last`, whatever the topic's policy: these were published live.
+    let everything = crate::HistoryPolicy::new(usize::MAX, None);
+    let read = match shared.history_read(topic, Some(last), &everything).await {
+        Ok(read) => read,
+        Err(ReadError::Redis(e)) => return Err(e),
+        Err(ReadError::Malformed(what)) => {
+            tracing::error!(
+                topic,
+                what,
+                "cannot read the log to fill a gap: not wshub's?"
+            );
+            lock(&shared.delivered).remove(topic);
+            return Ok(());
+        }
+    };
+    if read.complete && read.current.epoch == last.epoch {
+        let mut n = 0u64;
+        for (position, message) in &read.entries {
+            if position.offset > last.offset {
+                local.deliver_recorded(topic, *position, message);
+                n += 1;
+            }
+        }
+        lock(&shared.delivered).insert(topic.to_owned(), read.current);
+        if n > 0 {
+            shared.stats.caught_up.fetch_add(n, Relaxed);
+            shared.stats.received.fetch_add(n, Relaxed);
+            tracing::info!(
+                topic,
+                from = %last,
+                delivered = n,
+                "filled a gap in the subscription from the topic's log"
+            );
+        }
+    } else {
+        let told = local.unrecoverable(topic, read.current);
+        lock(&shared.delivered).insert(topic.to_owned(), read.current);
+        shared.stats.unrecoverable.fetch_add(1, Relaxed);
+        tracing::warn!(
+            topic,
+            from = %last,
+            now = %read.current,
+            sessions = told.queued,
+            "publications missed by the subscription are not in the log any more (Redis \
+             lost its data, or trimmed them): subscribers told unrecoverable"
+        );
+    }
+    Ok(())
+}
+
+/// The position of `topic`'s history now, read before its channel is subscribed, so that
+/// whatever is published in between shows as a gap and is read from the log. Nothing for a
+/// topic without history (or not published to yet).
+async fn seed(shared: &Shared, topic: &str) {
+    if lock(&shared.delivered).contains_key(topic) {
+        return;
+    }
+    let [epoch, seq, _] = shared.names.history(topic);
+    let read = async {
+        let mut conn = shared.control_connection().await?;
+        r::pipe()
+            .cmd("GET")
+            .arg(epoch)
+            .cmd("GET")
+            .arg(seq)
+            .query_async::<(Option<Vec<u8>>, Option<u64>)>(&mut conn)
+            .await
+    };
+    match read.await {
+        Ok((Some(epoch), Some(offset))) => {
+            if let Ok(epoch) = <[u8; 8]>::try_from(epoch.as_slice()) {
+                let position = crate::Position::new(u64::from_be_bytes(epoch), offset);
+                lock(&shared.delivered)
+                    .entry(topic.to_owned())
+                    .or_insert(position);
+            }
+        }
+        Ok(_) => {}
+        Err(e) => tracing::debug!(topic, error = %e, "could not read a topic's position"),
     }
 }
 
@@ -223,8 +365,16 @@ pub(super) async fn reconcile(
         } else {
             None
         };
+        if !wanted {
+            lock(&shared.delivered).remove(&topic);
+        }
         let Some(subscribe) = change else { continue };
         let channel = shared.names.topic(&topic);
+        // A first subscription reads where the topic's history is; a resubscription (after a
+        // reconnection) knows what it delivered last and catches up below.
+        if subscribe {
+            seed(shared, &topic).await;
+        }
         let answered = tokio::time::timeout(shared.config.response_timeout, async {
             if subscribe {
                 sink.subscribe(&channel).await
@@ -242,6 +392,13 @@ pub(super) async fn reconcile(
             return Err(e);
         }
         if subscribe {
+            // Before live delivery resumes: fill what was missed while not subscribed.
+            if let Err(e) = catch_up(shared, &topic).await {
+                let mut dirty = lock(&shared.dirty);
+                dirty.insert(topic);
+                dirty.extend(pending);
+                return Err(e);
+            }
             lock(&shared.ready).insert(channel);
             topics.insert(topic);
         } else {
