@@ -377,7 +377,10 @@ async fn a_killed_subscription_leaves_every_stream_exact() {
         assert_eq!(s.unrecoverable, 0, "{s:?}");
         caught_up += s.caught_up;
     }
-    assert!(caught_up > 0, "publications of the window came from the log");
+    assert!(
+        caught_up > 0,
+        "publications of the window came from the log"
+    );
 }
 
 #[tokio::test]
@@ -420,4 +423,91 @@ async fn a_redis_restart_without_data_is_announced_as_unrecoverable() {
         "the new epoch's publications follow the announced position"
     );
     assert_eq!(b.backplane.stats().unrecoverable, 1);
+}
+
+// (6) Presence converges after faults.
+
+async fn present(hub: &Hub) -> Vec<String> {
+    let mut names: Vec<String> = match hub.presence("room").await {
+        Ok(entries) => entries.into_iter().filter_map(|e| e.info).collect(),
+        Err(_) => return vec!["(error)".into()],
+    };
+    names.sort();
+    names
+}
+
+async fn converges(what: &str, hub: &Hub, want: &[&str]) {
+    let started = std::time::Instant::now();
+    wait_until(what, || async { present(hub).await == want }).await;
+    // fast_config: liveness 500 ms; a beat or two past it at most.
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{what}: took {:?}",
+        started.elapsed()
+    );
+}
+
+#[tokio::test]
+async fn presence_written_during_an_outage_converges() {
+    let Some(redis) = Redis::own("faults_presence_outage") else {
+        return;
+    };
+    let prefix = redis.prefix("presence-outage");
+    let a = node(&redis, fast_config(&prefix)).await;
+    let b = node(&redis, fast_config(&prefix)).await;
+    let mut ann = Client::connect(a.addr, "ann").await;
+    let mut bob = Client::connect(b.addr, "bob").await;
+    ann.subscribe("room", None).await;
+    bob.subscribe("room", None).await;
+    converges("both present", &b.hub, &["ann", "bob"]).await;
+    // A's connections to Redis break (not the subscriptions); ann leaves at once, so her
+    // leave meets a broken connection.
+    let _: () = cmd(&redis, &["CLIENT", "KILL", "TYPE", "normal"]);
+    drop(ann);
+    wait_until("ann's session is gone", || {
+        let n = a.hub.session_count();
+        async move { n == 0 }
+    })
+    .await;
+    converges("no ghost of ann", &b.hub, &["bob"]).await;
+    let mut cat = Client::connect(a.addr, "cat").await;
+    cat.subscribe("room", None).await;
+    converges("cat joins", &b.hub, &["bob", "cat"]).await;
+}
+
+#[tokio::test]
+async fn presence_comes_back_after_a_redis_restart_and_a_lapsed_heartbeat() {
+    let Some(mut redis) = Redis::own("faults_presence_restart") else {
+        return;
+    };
+    let prefix = redis.prefix("presence-restart");
+    let a = node(&redis, fast_config(&prefix)).await;
+    let b = node(&redis, fast_config(&prefix)).await;
+    let mut ann = Client::connect(a.addr, "ann").await;
+    let mut bob = Client::connect(b.addr, "bob").await;
+    ann.subscribe("room", None).await;
+    bob.subscribe("room", None).await;
+    converges("both present", &b.hub, &["ann", "bob"]).await;
+
+    redis.stop();
+    redis.start().unwrap();
+    converges("re-registered after the restart", &b.hub, &["ann", "bob"]).await;
+
+    // A's heartbeat lapses (its lease and its entries expire, as after a long stall): A's
+    // entries come back with its next beat.
+    let forget: Vec<String> = {
+        let mut conn = redis.conn();
+        let mut keys: Vec<String> = redis::cmd("KEYS")
+            .arg(format!("{prefix}:presence:*"))
+            .query(&mut conn)
+            .unwrap();
+        keys.push(format!("{prefix}:lease:{}", a.backplane.node_id()));
+        keys
+    };
+    let _: i64 = redis::cmd("DEL")
+        .arg(&forget)
+        .query(&mut redis.conn())
+        .unwrap();
+    converges("re-registered after the lapse", &b.hub, &["ann", "bob"]).await;
+    drop((ann, bob));
 }

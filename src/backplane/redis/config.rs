@@ -163,7 +163,7 @@ pub struct RedisStats {
     /// Envelopes accepted into the queue but lost when the connection broke before Redis
     /// confirmed them.
     pub lost: u64,
-    /// Envelopes (and history or presence writes) Redis answered with an error: out of memory
+    /// Envelopes (and recorded publications) Redis answered with an error: out of memory
     /// (`maxmemory` with `noeviction`), a script error. Each is logged; the other commands of
     /// the same pipeline are not affected, and a recorded publication's
     /// [`publish_confirmed`](crate::Hub::publish_confirmed) reports

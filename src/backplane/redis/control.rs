@@ -7,7 +7,7 @@ use ::redis as r;
 use r::aio::MultiplexedConnection;
 
 use super::keys::READ_HISTORY;
-use super::{Shared, connect, random_u64};
+use super::{Shared, connect, lock, random_u64};
 use crate::backplane::ClusterCount;
 /// Epoch, sequence, Redis time (ms) and stream entries, as `READ_HISTORY` returns them.
 pub(super) type HistoryAnswer = (Vec<u8>, u64, u64, Vec<(String, HashMap<String, Vec<u8>>)>);
@@ -110,46 +110,43 @@ impl Shared {
         Ok(crate::HistoryRead::new(current, out, complete))
     }
 
-    /// The presence entries of `topic` whose node still holds the lease it wrote them under;
-    /// the others (a crashed node's) are removed.
+    /// The sessions present on `topic`: this node's from its own record, the other live
+    /// nodes' from their presence hashes (which expire with their liveness).
     pub(super) async fn presence(&self, topic: &str) -> r::RedisResult<Vec<crate::PresenceEntry>> {
+        let result = self.read_presence(topic).await;
+        if result.is_err() {
+            self.drop_control_connection().await;
+        }
+        result
+    }
+
+    async fn read_presence(&self, topic: &str) -> r::RedisResult<Vec<crate::PresenceEntry>> {
         let mut conn = self.control_connection().await?;
-        let key = self.names.presence(topic);
-        let all: HashMap<u64, String> = r::cmd("HGETALL").arg(&key).query_async(&mut conn).await?;
-        let mut nodes: Vec<u16> = all.keys().map(|id| (id >> 48) as u16).collect();
-        nodes.sort_unstable();
-        nodes.dedup();
-        let mut tokens = HashMap::new();
-        if !nodes.is_empty() {
-            let mut mget = r::cmd("MGET");
-            for n in &nodes {
-                mget.arg(self.names.lease(*n));
-            }
-            let leases: Vec<Option<String>> = mget.query_async(&mut conn).await?;
-            tokens.extend(nodes.into_iter().zip(leases));
+        let me = self.node();
+        let members: Vec<u16> = r::cmd("SMEMBERS")
+            .arg(self.names.nodes())
+            .query_async(&mut conn)
+            .await?;
+        let others: Vec<u16> = members.into_iter().filter(|n| *n != me).collect();
+        let mut pipe = r::pipe();
+        for n in &others {
+            pipe.cmd("HGETALL").arg(self.names.presence(topic, *n));
         }
-        let mut present = Vec::new();
-        let mut dead = Vec::new();
-        for (id, value) in all {
-            let (token, info) = value.split_once('\n').unwrap_or((&value, ""));
-            let live = tokens.get(&((id >> 48) as u16)).and_then(Option::as_deref) == Some(token);
-            if live {
-                let info = (!info.is_empty()).then(|| info.to_owned());
-                present.push(crate::PresenceEntry::new(
-                    crate::SessionId::from_u64(id),
-                    info,
-                ));
-            } else {
-                dead.push(id);
-            }
-        }
-        if !dead.is_empty() {
-            let _: r::RedisResult<i64> = r::cmd("HDEL")
-                .arg(&key)
-                .arg(dead)
-                .query_async(&mut conn)
-                .await;
-        }
+        let hashes: Vec<HashMap<u64, String>> = if others.is_empty() {
+            Vec::new()
+        } else {
+            pipe.query_async(&mut conn).await?
+        };
+        let own = lock(&self.presence).get(topic).cloned().unwrap_or_default();
+        let mut present: Vec<crate::PresenceEntry> = hashes
+            .into_iter()
+            .flatten()
+            .chain(own)
+            .map(|(id, info)| {
+                let info = (!info.is_empty()).then_some(info);
+                crate::PresenceEntry::new(crate::SessionId::from_u64(id), info)
+            })
+            .collect();
         present.sort_by_key(|e| e.id);
         Ok(present)
     }

@@ -41,8 +41,9 @@ impl Names {
             format!("{p}:history:{topic}:log"),
         ]
     }
-    pub(super) fn presence(&self, topic: &str) -> String {
-        format!("{}:presence:{topic}", self.prefix)
+    /// Node `node`'s sessions present on `topic`: a hash of session id to presence info.
+    pub(super) fn presence(&self, topic: &str, node: u16) -> String {
+        format!("{}:presence:{topic}:{node}", self.prefix)
     }
 }
 
@@ -112,6 +113,32 @@ return -1
 pub(super) const RELEASE_LEASE: &str = r"
 if redis.call('GET', KEYS[1]) == ARGV[1] then
   return redis.call('DEL', KEYS[1], KEYS[2])
+end
+return 0
+";
+
+/// Applies this node's presence changes, if it still holds its lease (so that a node that lost
+/// its number never writes under the new holder's). KEYS: the lease. ARGV: the token, the TTL
+/// (ms), then groups of four: `S key id info` (set, and renew the TTL), `D key id _` (delete),
+/// `X key _ _` (delete the key), `E key _ _` (renew the TTL). Returns 0, or -1 when the lease
+/// is not this node's. The keys are this node's own; the script names them in ARGV because
+/// they are not known before (a single Redis, not a Redis Cluster).
+pub(super) const WRITE_PRESENCE: &str = r"
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then
+  return -1
+end
+for i = 3, #ARGV, 4 do
+  local op, key = ARGV[i], ARGV[i + 1]
+  if op == 'S' then
+    redis.call('HSET', key, ARGV[i + 2], ARGV[i + 3])
+    redis.call('PEXPIRE', key, ARGV[2])
+  elseif op == 'D' then
+    redis.call('HDEL', key, ARGV[i + 2])
+  elseif op == 'X' then
+    redis.call('DEL', key)
+  elseif op == 'E' then
+    redis.call('PEXPIRE', key, ARGV[2])
+  end
 end
 return 0
 ";

@@ -8,8 +8,8 @@ use std::sync::atomic::Ordering::Relaxed;
 use ::redis as r;
 use r::aio::MultiplexedConnection;
 
-use super::keys::{Names, RELEASE_LEASE, RENEW_LEASE};
-use super::{RedisConfig, Shared, connection_error, random_u64};
+use super::keys::{Names, RELEASE_LEASE, RENEW_LEASE, WRITE_PRESENCE};
+use super::{RedisConfig, Shared, connection_error, lock, random_u64};
 use crate::backplane::{BackplaneError, LocalNode};
 
 pub(super) async fn claim_node(
@@ -78,6 +78,19 @@ pub(super) async fn run_heartbeat(shared: Arc<Shared>, mut beat: Heartbeat) {
             _ = stop.changed() => return,
             _ = tick.tick() => {}
             _ = shared.beat_now.notified() => {}
+            _ = shared.presence_wake.notified(), if !failing => {
+                // Only this node's presence changed: write it now rather than at the beat.
+                let written = async {
+                    let mut conn = shared.control_connection().await?;
+                    beat.write_presence(&shared, &mut conn, false).await
+                };
+                if let Err(error) = written.await {
+                    tracing::debug!(%error, "presence write failed; written again at the next beat");
+                    beat.presence = None;
+                    shared.drop_control_connection().await;
+                }
+                continue;
+            }
         }
         match beat.beat(&shared).await {
             Ok(()) if failing => {
@@ -99,6 +112,7 @@ pub(super) async fn run_heartbeat(shared: Arc<Shared>, mut beat: Heartbeat) {
                 }
                 failing = true;
                 beat.written = None;
+                beat.presence = None;
                 shared.drop_control_connection().await;
                 shared.check.notify_one();
             }
@@ -111,6 +125,8 @@ pub(super) async fn run_heartbeat(shared: Arc<Shared>, mut beat: Heartbeat) {
 pub(super) struct Heartbeat {
     /// `None`: write everything at the next beat.
     pub(super) written: Option<Written>,
+    /// This node's presence as last written; `None`: write everything at the next beat.
+    pub(super) presence: Option<Presence>,
 }
 
 #[derive(Default, PartialEq)]
@@ -132,6 +148,7 @@ impl Heartbeat {
             .await?;
         match renewed {
             -1 => {
+                self.presence = None;
                 // Another live node holds this number (it claimed it while Redis had lost the
                 // lease, or while this node stalled past its liveness): serving on under it
                 // would route that node's `send_to` here and drop its broadcasts as our own.
@@ -161,6 +178,7 @@ impl Heartbeat {
                     );
                 }
                 self.written = None;
+                self.presence = None;
             }
             _ => {}
         }
@@ -219,13 +237,108 @@ impl Heartbeat {
         }
         pipe.cmd("PEXPIRE").arg(&key).arg(ttl).ignore();
         pipe.cmd("SADD").arg(shared.names.nodes()).arg(n).ignore();
+        // The set outlives any one node by a liveness timeout, no more.
+        pipe.cmd("PEXPIRE")
+            .arg(shared.names.nodes())
+            .arg(ttl)
+            .ignore();
         let (added,): (i64,) = pipe.query_async(&mut conn).await?;
         if added == 1 && self.written.is_some() {
             // The hash had lapsed although the lease had not: write everything next beat.
             self.written = None;
+            self.presence = None;
         } else {
             self.written = Some(now);
         }
-        Ok(())
+        self.write_presence(shared, &mut conn, true).await
+    }
+
+    /// Writes what changed in this node's presence since the last write (everything after a
+    /// fault: a failed write, a lapsed lease, a new number), and with `renew` renews the TTL
+    /// of every presence key of this node. Each node writes only its own keys, under its
+    /// lease, so whatever a fault lost is written again here, within a beat.
+    pub(super) async fn write_presence(
+        &mut self,
+        shared: &Shared,
+        conn: &mut MultiplexedConnection,
+        renew: bool,
+    ) -> r::RedisResult<()> {
+        let n = shared.node();
+        // Taken before the mirror is read: a change after this is written next time.
+        let dirty = std::mem::take(&mut *lock(&shared.presence_dirty));
+        let mut ops: Vec<[String; 4]> = Vec::new();
+        let op = |o: &str, key: String, id: String, info: String| [o.to_owned(), key, id, info];
+        let mut written = match self.presence.take() {
+            Some(written) => {
+                let mut written = written;
+                for topic in dirty {
+                    let now = lock(&shared.presence).get(&topic).cloned();
+                    let before = written.remove(&topic).unwrap_or_default();
+                    let key = shared.names.presence(&topic, n);
+                    let now = now.unwrap_or_default();
+                    if now.is_empty() {
+                        if !before.is_empty() {
+                            ops.push(op("X", key, String::new(), String::new()));
+                        }
+                        continue;
+                    }
+                    for (id, info) in &now {
+                        if before.get(id) != Some(info) {
+                            ops.push(op("S", key.clone(), id.to_string(), info.clone()));
+                        }
+                    }
+                    for id in before.keys().filter(|id| !now.contains_key(id)) {
+                        ops.push(op("D", key.clone(), id.to_string(), String::new()));
+                    }
+                    written.insert(topic, now);
+                }
+                written
+            }
+            None => {
+                let now = lock(&shared.presence).clone();
+                for (topic, entries) in &now {
+                    let key = shared.names.presence(topic, n);
+                    ops.push(op("X", key.clone(), String::new(), String::new()));
+                    for (id, info) in entries {
+                        ops.push(op("S", key.clone(), id.to_string(), info.clone()));
+                    }
+                }
+                now
+            }
+        };
+        if renew {
+            for topic in written.keys() {
+                let key = shared.names.presence(topic, n);
+                ops.push(op("E", key, String::new(), String::new()));
+            }
+        }
+        if ops.is_empty() {
+            self.presence = Some(written);
+            return Ok(());
+        }
+        let script = r::Script::new(WRITE_PRESENCE);
+        let mut script = script.prepare_invoke();
+        script
+            .key(shared.names.lease(n))
+            .arg(&shared.token)
+            .arg(shared.config.liveness_ms());
+        for [o, key, id, info] in &ops {
+            script.arg(o).arg(key).arg(id).arg(info);
+        }
+        let answer: r::RedisResult<i64> = script.invoke_async(conn).await;
+        match answer {
+            Ok(0) => {
+                written.retain(|_, entries| !entries.is_empty());
+                self.presence = Some(written);
+                Ok(())
+            }
+            // The lease is not this node's (any more): the next beat sorts it out, then
+            // everything is written again.
+            Ok(_) => Ok(()),
+            Err(e) => Err(e),
+        }
     }
 }
+
+/// This node's sessions present per topic: session id to presence info.
+pub(super) type Presence = HashMap<String, HashMap<u64, String>>;

@@ -49,6 +49,7 @@ use crate::error::RemoteError;
 pub use config::{RedisConfig, RedisStats};
 use control::ReadError;
 use keys::{Names, RELEASE_LEASE};
+use liveness::Presence;
 use liveness::{Heartbeat, claim_node, random_token, run_heartbeat};
 use publisher::{Channel, Outgoing, run_publisher};
 use subscriber::{run_subscriber, subscribe_base};
@@ -154,6 +155,11 @@ struct Shared {
     /// subscribed: what a resubscription catches up from, and what live duplicates are
     /// compared with. Only the subscriber task delivers; it alone advances these.
     delivered: Mutex<HashMap<String, crate::Position>>,
+    /// This node's sessions present per topic (id to info), as the hub reported them.
+    presence: Mutex<Presence>,
+    /// Topics whose presence changed since the heartbeat last wrote them.
+    presence_dirty: Mutex<HashSet<String>>,
+    presence_wake: Notify,
     /// Topics whose local interest may have changed since the subscriber last looked.
     dirty: Mutex<HashSet<String>>,
     dirty_wake: Notify,
@@ -244,6 +250,9 @@ impl RedisBackplane {
             barriers: Mutex::default(),
             barrier_wake: Notify::new(),
             delivered: Mutex::default(),
+            presence: Mutex::default(),
+            presence_dirty: Mutex::default(),
+            presence_wake: Notify::new(),
             dirty: Mutex::default(),
             dirty_wake: Notify::new(),
             check: Notify::new(),
@@ -465,16 +474,30 @@ impl Backplane for RedisBackplane {
     }
 
     fn presence_changed(&self, topic: &str, id: crate::SessionId, info: Option<&str>) {
-        let channel = Channel::Presence {
-            topic: topic.to_owned(),
-            id: id.as_u64(),
-            info: info.map(|i| format!("{}\n{i}", self.shared.token)),
-        };
-        let _ = self.publish_checked(Outgoing {
-            channel,
-            envelope: Bytes::new(),
-            confirm: None,
-        });
+        // The heartbeat task writes it (it alone writes this node's presence, so a write lost
+        // to a fault is written again from this mirror).
+        let s = &self.shared;
+        {
+            let mut mirror = lock(&s.presence);
+            match info {
+                Some(info) => {
+                    mirror
+                        .entry(topic.to_owned())
+                        .or_default()
+                        .insert(id.as_u64(), info.to_owned());
+                }
+                None => {
+                    if let Some(entries) = mirror.get_mut(topic) {
+                        entries.remove(&id.as_u64());
+                        if entries.is_empty() {
+                            mirror.remove(topic);
+                        }
+                    }
+                }
+            }
+        }
+        lock(&s.presence_dirty).insert(topic.to_owned());
+        s.presence_wake.notify_one();
     }
 
     async fn cluster_presence(

@@ -1,4 +1,4 @@
-//! The publisher: drains the bounded queue of envelopes (and history and presence writes)
+//! The publisher: drains the bounded queue of envelopes (and recorded publications)
 //! into pipelines on its own connection, in queue order, and reconnects after an error.
 
 use std::sync::Arc;
@@ -23,12 +23,6 @@ pub(super) enum Channel {
         topic: String,
         max_messages: usize,
     },
-    /// Presence of one session on a topic: `HSET` (with a value) or `HDEL` (without).
-    Presence {
-        topic: String,
-        id: u64,
-        info: Option<String>,
-    },
 }
 
 impl Channel {
@@ -39,7 +33,6 @@ impl Channel {
             Channel::Node(_) => "send_to/close",
             Channel::Topic(_) => "publish",
             Channel::Recorded { .. } => "recorded publish",
-            Channel::Presence { .. } => "presence",
         }
     }
 }
@@ -114,7 +107,7 @@ pub(super) async fn send_batch(
 ) -> r::RedisResult<()> {
     let mut pipe = r::pipe();
     for o in batch.iter() {
-        match &o.channel {
+        let channel = match &o.channel {
             Channel::Recorded {
                 topic,
                 max_messages,
@@ -133,24 +126,11 @@ pub(super) async fn send_batch(
                     .arg(&new_epoch.to_be_bytes()[..]);
                 continue;
             }
-            Channel::Presence { topic, id, info } => {
-                let key = shared.names.presence(topic);
-                match info {
-                    Some(info) => pipe.cmd("HSET").arg(key).arg(*id).arg(info),
-                    None => pipe.cmd("HDEL").arg(key).arg(*id),
-                };
-                continue;
-            }
-            _ => {}
-        }
-        let cmd = pipe.cmd("PUBLISH");
-        match &o.channel {
-            Channel::All => cmd.arg(&shared.names.all),
-            Channel::Node(n) => cmd.arg(shared.names.node(*n)),
-            Channel::Topic(name) => cmd.arg(name),
-            Channel::Recorded { .. } | Channel::Presence { .. } => unreachable!("handled above"),
-        }
-        .arg(&o.envelope[..]);
+            Channel::All => &shared.names.all,
+            Channel::Node(n) => &shared.names.node(*n),
+            Channel::Topic(name) => name,
+        };
+        pipe.cmd("PUBLISH").arg(channel).arg(&o.envelope[..]);
     }
     // An error reply fails its own command only: Redis ran the others, and the connection
     // is fine. Only a connection error fails the batch.
