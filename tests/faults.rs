@@ -425,6 +425,53 @@ async fn a_redis_restart_without_data_is_announced_as_unrecoverable() {
     assert_eq!(b.backplane.stats().unrecoverable, 1);
 }
 
+// (3) Every key has a TTL.
+
+/// wshub's keys under `prefix` that have no TTL.
+fn keys_without_ttl(redis: &Redis, prefix: &str) -> Vec<String> {
+    let mut conn = redis.conn();
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{prefix}:*"))
+        .query(&mut conn)
+        .unwrap();
+    let mut forever: Vec<String> = keys
+        .into_iter()
+        .filter(|k| redis::cmd("PTTL").arg(k).query::<i64>(&mut conn).unwrap() == -1)
+        .collect();
+    forever.sort();
+    forever
+}
+
+#[tokio::test]
+async fn every_key_wshub_writes_expires() {
+    let Some(redis) = Redis::own("faults_ttl") else {
+        return;
+    };
+    let prefix = redis.prefix("ttl");
+    let a = node(&redis, fast_config(&prefix)).await;
+    let b = node(&redis, fast_config(&prefix)).await;
+    let mut ca = Client::connect(a.addr, "ann").await;
+    let mut cb = Client::connect(b.addr, "bob").await;
+    ca.subscribe("feed", None).await;
+    cb.subscribe("room", None).await;
+    let r = a.hub.publish_confirmed("feed", "kept").await;
+    assert!(r.position.is_some());
+    assert_eq!(ca.recv().await["data"], "kept");
+    wait_until("bob is present", || async {
+        a.hub.presence("room").await.unwrap().len() == 1
+    })
+    .await;
+    // Topics used and left.
+    drop((ca, cb));
+    wait_until("the sessions are gone", || {
+        let n = a.hub.session_count() + b.hub.session_count();
+        async move { n == 0 }
+    })
+    .await;
+    let forever = keys_without_ttl(&redis, &prefix);
+    assert_eq!(forever, Vec::<String>::new(), "keys that never expire");
+}
+
 // (6) Presence converges after faults.
 
 async fn present(hub: &Hub) -> Vec<String> {

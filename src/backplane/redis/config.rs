@@ -24,6 +24,7 @@ pub struct RedisConfig {
     pub(super) response_timeout: Duration,
     pub(super) backoff_min: Duration,
     pub(super) backoff_max: Duration,
+    pub(super) history_ttl: Duration,
 }
 
 impl Default for RedisConfig {
@@ -38,6 +39,7 @@ impl Default for RedisConfig {
             response_timeout: Duration::from_secs(2),
             backoff_min: Duration::from_millis(50),
             backoff_max: Duration::from_secs(2),
+            history_ttl: Duration::from_secs(24 * 3600),
         }
     }
 }
@@ -120,6 +122,28 @@ impl RedisConfig {
         self.backoff_min = min.max(Duration::from_millis(1));
         self.backoff_max = max.max(self.backoff_min);
         self
+    }
+
+    /// How long a topic's history (its epoch, sequence and log keys) stays in Redis after its
+    /// last publication. Default: 24 hours; never less than the topic's
+    /// [`max_age`](crate::HistoryPolicy::max_age).
+    ///
+    /// Once it has expired, the next publication starts a new epoch: a client recovering from
+    /// a position of the old one is answered `unrecoverable`, and a subscriber kept across is
+    /// told so. Every key wshub writes expires: the others with the liveness timeout, the node
+    /// counter a day after the last claim.
+    #[must_use]
+    pub fn history_ttl(mut self, ttl: Duration) -> Self {
+        self.history_ttl = ttl.max(Duration::from_millis(1));
+        self
+    }
+
+    /// The TTL of a topic's history keys, in ms.
+    pub(super) fn history_ttl_ms(&self, policy: &crate::HistoryPolicy) -> u64 {
+        let ttl = policy
+            .max_age
+            .map_or(self.history_ttl, |age| age.max(self.history_ttl));
+        ttl.as_millis().min(u128::from(u64::MAX)) as u64
     }
 
     pub(super) fn liveness_ms(&self) -> u64 {

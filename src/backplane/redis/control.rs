@@ -52,6 +52,7 @@ impl Shared {
             .arg(log)
             .arg(first)
             .arg(&new_epoch.to_be_bytes()[..])
+            .arg(self.config.history_ttl_ms(policy))
             .query_async(&mut conn)
             .await;
         let answer = match answer {

@@ -50,7 +50,8 @@ impl Names {
 /// Numbers a publication and appends it to the topic's stream, then publishes it, in one
 /// atomic step, so that the order of the stream is the order of delivery on every node.
 /// KEYS: epoch, sequence, stream. ARGV: channel, envelope, max length, a new epoch (8 bytes)
-/// in case the history is gone. The published message is `R`, the epoch (8 bytes), the offset
+/// in case the history is gone, the TTL (ms) the three keys get, all at once, so that they
+/// expire together. The published message is `R`, the epoch (8 bytes), the offset
 /// (8 bytes, big-endian), then the envelope. Returns the number of receivers, the epoch and the
 /// offset. A sequence behind the log (its key deleted or lost while the log survived) is set
 /// from the log's last id, so numbering goes on instead of failing every publication.
@@ -81,14 +82,17 @@ for i = 1, 8 do
   be = string.char(n % 256) .. be
   n = math.floor(n / 256)
 end
+redis.call('PEXPIRE', KEYS[1], ARGV[5])
+redis.call('PEXPIRE', KEYS[2], ARGV[5])
+redis.call('PEXPIRE', KEYS[3], ARGV[5])
 return {redis.call('PUBLISH', ARGV[1], 'R' .. epoch .. be .. ARGV[2]), epoch, offset}
 ";
 
 /// Reads a topic's history: creates the epoch when there is none (so that it is stable from
 /// the first reader on), and returns epoch, sequence, Redis time (ms) and the stream entries
-/// from ARGV[1] on. KEYS: epoch, sequence, stream. ARGV: first id, a new epoch.
+/// from ARGV[1] on. KEYS: epoch, sequence, stream. ARGV: first id, a new epoch, its TTL (ms).
 pub(super) const READ_HISTORY: &str = r"
-redis.call('SET', KEYS[1], ARGV[2], 'NX')
+redis.call('SET', KEYS[1], ARGV[2], 'NX', 'PX', ARGV[3])
 local t = redis.call('TIME')
 local ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 return {redis.call('GET', KEYS[1]), redis.call('GET', KEYS[2]) or '0', ms,

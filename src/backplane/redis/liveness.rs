@@ -24,6 +24,12 @@ pub(super) async fn claim_node(
             .query_async(conn)
             .await
             .map_err(connection_error)?;
+        // The counter only spreads claims; forgotten, it starts again and skips held numbers.
+        let _: r::RedisResult<i64> = r::cmd("PEXPIRE")
+            .arg(names.node_seq())
+            .arg(NODE_SEQ_TTL_MS)
+            .query_async(conn)
+            .await;
         let node = ((seq.wrapping_sub(1)) % u64::from(u16::MAX) + 1) as u16;
         let claimed: Option<String> = r::cmd("SET")
             .arg(names.lease(node))
@@ -59,6 +65,9 @@ pub(super) async fn claim_node(
     }
     Err(BackplaneError::NoNodeNumber)
 }
+
+/// The node counter expires a day after the last claim.
+const NODE_SEQ_TTL_MS: u64 = 24 * 3600 * 1000;
 
 pub(super) fn random_token() -> String {
     let a = random_u64();

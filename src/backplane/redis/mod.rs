@@ -415,6 +415,7 @@ impl Backplane for RedisBackplane {
         let channel = Channel::Recorded {
             topic: topic.to_owned(),
             max_messages: policy.max_messages,
+            ttl_ms: self.shared.config.history_ttl_ms(policy),
         };
         self.publish_checked(Outgoing {
             channel,

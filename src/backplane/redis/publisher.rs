@@ -22,6 +22,8 @@ pub(super) enum Channel {
     Recorded {
         topic: String,
         max_messages: usize,
+        /// The TTL of the history's keys.
+        ttl_ms: u64,
     },
 }
 
@@ -111,6 +113,7 @@ pub(super) async fn send_batch(
             Channel::Recorded {
                 topic,
                 max_messages,
+                ttl_ms,
             } => {
                 let [epoch, seq, log] = shared.names.history(topic);
                 let new_epoch = (random_u64() & ((1 << 53) - 1)).max(1);
@@ -123,7 +126,8 @@ pub(super) async fn send_batch(
                     .arg(shared.names.topic(topic))
                     .arg(&o.envelope[..])
                     .arg(*max_messages)
-                    .arg(&new_epoch.to_be_bytes()[..]);
+                    .arg(&new_epoch.to_be_bytes()[..])
+                    .arg(*ttl_ms);
                 continue;
             }
             Channel::All => &shared.names.all,
