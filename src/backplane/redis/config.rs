@@ -70,8 +70,9 @@ impl RedisConfig {
     /// twice the [heartbeat](Self::heartbeat).
     ///
     /// Shorter forgets crashed nodes sooner, but a node stalled for longer than this (a long
-    /// pause, a partition) may find its number taken when it comes back, which it logs as an
-    /// error.
+    /// pause, a partition) may find its number taken when it comes back: it then takes a new
+    /// number and closes its sessions with 1012 so that their clients reconnect
+    /// ([`RedisStats::renumbered`]).
     #[must_use]
     pub fn liveness_timeout(mut self, timeout: Duration) -> Self {
         self.liveness = timeout;

@@ -7,7 +7,8 @@
 //! - the **subscriber** holds the pub/sub connection: the broadcast channel, this node's own
 //!   channel, and a channel per topic that has local subscribers; it delivers what arrives
 //!   into the hub;
-//! - the **heartbeat** renews this node's lease on its number and writes its counts.
+//! - the **heartbeat** renews this node's lease on its number and writes its counts and its
+//!   sessions' presence.
 //!
 //! Each reconnects on its own with exponential backoff after any error.
 //!
@@ -88,10 +89,14 @@ use subscriber::{run_subscriber, subscribe_base};
 /// | channel `wshub:all` | broadcasts; every node subscribes |
 /// | channel `wshub:topic:{topic}` | publishes to `{topic}`; a node subscribes only while it has local subscribers |
 /// | channel `wshub:node:{n}` | `send_to` and `close` for sessions of node `n`; only node `n` subscribes |
-/// | key `wshub:node-seq` | counter handing out node numbers |
+/// | key `wshub:node-seq` | counter handing out node numbers; expires a day after the last claim |
 /// | key `wshub:lease:{n}` | node `n`'s lease on its number, renewed every heartbeat, expiring after the liveness timeout |
 /// | key `wshub:counts:{n}` | hash of node `n`'s counts: `sessions`, and `topic:{topic}` per topic; expires with the lease |
-/// | key `wshub:nodes` | set of node numbers that may be live, for the counts |
+/// | key `wshub:nodes` | set of node numbers that may be live, for the counts and presence; expires a liveness timeout after the last beat |
+/// | key `wshub:presence:{topic}:{n}` | hash of node `n`'s sessions present on `{topic}` (id to info), written only by node `n`; expires with its lease |
+/// | keys `wshub:history:{topic}:epoch`, `…:seq`, `…:log` | a topic's history (epoch, last offset, stream); expire together [`history_ttl`](RedisConfig::history_ttl) after the last publication |
+///
+/// Every key expires or is deleted when unused.
 ///
 /// A message is published once, whatever the number of nodes, and Redis sends it only to the
 /// nodes subscribed to its channel.
@@ -115,6 +120,20 @@ use subscriber::{run_subscriber, subscribe_base};
 ///   subscription to the topic's channel is made, a round trip later.
 /// - **A node that crashes** takes its sessions with it; `send_to` for them is counted in
 ///   [`RedisStats::undeliverable`]. Its sessions stop counting once its liveness lapses.
+///
+/// What is not lost:
+/// - **Publications of topics with history** missed while the subscription was down are read
+///   from the log and delivered, in order, before live delivery resumes; when the log no
+///   longer has them (Redis restarted without its data, or trimmed them), the topic's
+///   subscribers are told `unrecoverable` ([`LocalNode::unrecoverable`]).
+/// - **A command Redis refuses** (out of memory, a script error) fails alone
+///   ([`RedisStats::refused`]); the rest of its pipeline goes out.
+/// - **A node number** is never kept by two live nodes: the one that finds its number held by
+///   another renumbers ([`LocalNode::renumber`], [`RedisStats::renumbered`]).
+/// - **Presence** is written again by each node after any fault, within a heartbeat.
+///
+/// The full list, with what a user sees and how long each takes to heal, is in
+/// `docs/history.md`.
 ///
 /// Every state change (connection lost, reconnected, queue full, losses) is logged with
 /// `tracing`; see also [`stats`](Self::stats).
