@@ -558,3 +558,26 @@ async fn presence_comes_back_after_a_redis_restart_and_a_lapsed_heartbeat() {
     converges("re-registered after the lapse", &b.hub, &["ann", "bob"]).await;
     drop((ann, bob));
 }
+
+#[tokio::test]
+async fn a_node_that_leaves_cleanly_takes_its_presence_with_it_at_once() {
+    let Some(redis) = Redis::own("faults_presence_leave") else {
+        return;
+    };
+    let prefix = redis.prefix("presence-leave");
+    let a = node(&redis, fast_config(&prefix)).await;
+    let b = node(&redis, fast_config(&prefix)).await;
+    let mut ann = Client::connect(a.addr, "ann").await;
+    let mut bob = Client::connect(b.addr, "bob").await;
+    ann.subscribe("room", None).await;
+    bob.subscribe("room", None).await;
+    converges("both present", &a.hub, &["ann", "bob"]).await;
+    // Leaving the cluster without a hub shutdown: bob's session is still open on B.
+    b.backplane.close().await.unwrap();
+    assert_eq!(
+        present(&a.hub).await,
+        ["ann"],
+        "no wait for B's liveness to lapse"
+    );
+    drop((ann, bob));
+}

@@ -84,7 +84,15 @@ pub(super) async fn run_heartbeat(shared: Arc<Shared>, mut beat: Heartbeat) {
     loop {
         tokio::select! {
             biased;
-            _ = stop.changed() => return,
+            _ = stop.changed() => {
+                // Leaving: the sessions that left last (a shutdown) stop showing at once.
+                let flushed = async {
+                    let mut conn = shared.control_connection().await?;
+                    beat.write_presence(&shared, &mut conn, false).await
+                };
+                let _ = tokio::time::timeout(shared.config.response_timeout, flushed).await;
+                return;
+            }
             _ = tick.tick() => {}
             _ = shared.beat_now.notified() => {}
             _ = shared.presence_wake.notified(), if !failing => {

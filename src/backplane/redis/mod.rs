@@ -329,7 +329,7 @@ impl RedisBackplane {
     }
 
     /// Leaves the cluster: sends what is queued, stops the tasks, and removes this node's
-    /// lease and counts so its sessions stop counting at once. Publishes after this fail with
+    /// lease, counts and presence so its sessions stop counting at once. Publishes after this fail with
     /// [`RemoteError::Closed`]. Call it after [`Hub::shutdown`](crate::Hub::shutdown).
     ///
     /// Dropping the backplane without `close` stops the tasks too, but the node keeps counting
@@ -361,6 +361,18 @@ impl RedisBackplane {
             .query_async(&mut conn)
             .await
             .map_err(connection_error)?;
+        // Sessions still present (closed without a hub shutdown) stop showing at once too.
+        let present: Vec<String> = lock(&s.presence)
+            .keys()
+            .map(|topic| s.names.presence(topic, n))
+            .collect();
+        if !present.is_empty() {
+            let _: i64 = r::cmd("DEL")
+                .arg(present)
+                .query_async(&mut conn)
+                .await
+                .map_err(connection_error)?;
+        }
         tracing::info!(node = n, "left the cluster");
         Ok(())
     }
