@@ -239,6 +239,8 @@ pub(super) async fn reconnect_publisher(
             Ok(conn) => {
                 shared.up.store(true, Relaxed);
                 shared.stats.reconnects.fetch_add(1, Relaxed);
+                // As after a resubscription: check the lease now (Redis may have lost it).
+                shared.beat_now.notify_one();
                 let refused = shared.stats.failed_down.load(Relaxed) - refused_before;
                 tracing::info!(
                     node = shared.node(),

@@ -55,7 +55,8 @@ pub(super) async fn run_subscriber(
         tracing::error!(
             node = shared.node(),
             %error,
-            "Redis subscription lost: messages other nodes publish until it is back are lost"
+            "Redis subscription lost: broadcasts and plain publishes from other nodes until it \
+             is back are lost (topics with history are caught up from their log)"
         );
         // The publisher's connection may be gone too; have it look now, not at its next send.
         shared.check.notify_one();
