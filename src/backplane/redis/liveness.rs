@@ -185,6 +185,7 @@ impl Heartbeat {
                      closed this node's sessions with 1012 so they reconnect under it"
                 );
                 self.written = None;
+                shared.lease_checked.send_modify(|n| *n += 1);
                 return Ok(());
             }
             1 => {
@@ -199,6 +200,7 @@ impl Heartbeat {
             }
             _ => {}
         }
+        shared.lease_checked.send_modify(|n| *n += 1);
         let now = Written {
             sessions: shared.local.get().map_or(0, LocalNode::session_count),
             topics: shared.local.get().map_or_else(HashMap::new, |local| {

@@ -167,6 +167,9 @@ struct Shared {
     renumbered: Notify,
     /// Asks the heartbeat to renew the lease now (the subscription was re-established).
     beat_now: Notify,
+    /// Counts the heartbeat's confirmations that this node holds its number (after a renewal
+    /// or a renumbering): a new subscription listens on the node channel only after one.
+    lease_checked: watch::Sender<u64>,
     /// Barriers for the subscriber: answered once everything Redis sent before is delivered.
     barriers: Mutex<Vec<tokio::sync::oneshot::Sender<()>>>,
     barrier_wake: Notify,
@@ -245,7 +248,7 @@ impl RedisBackplane {
         let token = random_token();
         let node = claim_node(&mut control, &config, &token).await?;
         let names = Names::new(&config.prefix);
-        let (sink, stream) = subscribe_base(&client, &config, &names, node)
+        let (sink, stream) = subscribe_base(&client, &config, &names, Some(node))
             .await
             .map_err(connection_error)?;
         let publisher = connect(&client, &config).await.map_err(connection_error)?;
@@ -266,6 +269,7 @@ impl RedisBackplane {
             ready_changed: Notify::new(),
             renumbered: Notify::new(),
             beat_now: Notify::new(),
+            lease_checked: watch::Sender::new(0),
             barriers: Mutex::default(),
             barrier_wake: Notify::new(),
             delivered: Mutex::default(),

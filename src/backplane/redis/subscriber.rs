@@ -19,18 +19,45 @@ pub(super) async fn subscribe_base(
     client: &r::Client,
     config: &RedisConfig,
     names: &Names,
-    node: u16,
+    node: Option<u16>,
 ) -> r::RedisResult<(PubSubSink, PubSubStream)> {
     let timeout = config.connect_timeout + config.response_timeout;
     let connecting = async {
         let (mut sink, stream) = client.get_async_pubsub().await?.split();
         sink.subscribe(&names.all).await?;
-        sink.subscribe(names.node(node)).await?;
+        if let Some(node) = node {
+            sink.subscribe(names.node(node)).await?;
+        }
         Ok((sink, stream))
     };
     tokio::time::timeout(timeout, connecting)
         .await
         .unwrap_or_else(|_| Err(timed_out()))
+}
+
+/// A new subscription connection: the broadcast channel at once, this node's channel once the
+/// heartbeat has checked that the node still holds its number (Redis may have restarted
+/// without its data and another node claimed it meanwhile: listening on it first would take
+/// that node's `send_to`). Returns the node channel's number.
+async fn resubscribe(shared: &Shared) -> r::RedisResult<(PubSubSink, PubSubStream, u16)> {
+    let mut checked = shared.lease_checked.subscribe();
+    checked.borrow_and_update();
+    let (mut sink, stream) =
+        subscribe_base(&shared.client, &shared.config, &shared.names, None).await?;
+    shared.beat_now.notify_one();
+    let wait = shared.config.response_timeout * 2 + shared.config.heartbeat;
+    match tokio::time::timeout(wait, checked.changed()).await {
+        Ok(Ok(())) => {}
+        _ => return Err(timed_out()),
+    }
+    let node = shared.node();
+    tokio::time::timeout(
+        shared.config.response_timeout,
+        sink.subscribe(shared.names.node(node)),
+    )
+    .await
+    .unwrap_or_else(|_| Err(timed_out()))?;
+    Ok((sink, stream, node))
 }
 
 pub(super) enum Ended {
@@ -44,8 +71,10 @@ pub(super) async fn run_subscriber(
     mut stream: PubSubStream,
 ) {
     let mut topics = HashSet::new();
+    // The node channel subscribed on the current connection.
+    let mut own = shared.node();
     loop {
-        let error = match subscribed(&shared, &mut sink, &mut stream, &mut topics).await {
+        let error = match subscribed(&shared, &mut sink, &mut stream, &mut topics, &mut own).await {
             Ended::Stopped => return,
             Ended::Lost(e) => e,
         };
@@ -66,10 +95,9 @@ pub(super) async fn run_subscriber(
             if !shared.sleep(backoff.pause()).await {
                 return;
             }
-            match subscribe_base(&shared.client, &shared.config, &shared.names, shared.node()).await
-            {
-                Ok((new_sink, new_stream)) => {
-                    (sink, stream) = (new_sink, new_stream);
+            match resubscribe(&shared).await {
+                Ok((new_sink, new_stream, node)) => {
+                    (sink, stream, own) = (new_sink, new_stream, node);
                     break;
                 }
                 Err(e) => tracing::debug!(error = %e, "Redis resubscription failed; retrying"),
@@ -82,9 +110,6 @@ pub(super) async fn run_subscriber(
         }
         shared.sub_up.store(true, Relaxed);
         shared.stats.reconnects.fetch_add(1, Relaxed);
-        // Redis may have restarted without its data, and another node taken this one's number
-        // meanwhile: have the heartbeat check the lease now rather than at its next beat.
-        shared.beat_now.notify_one();
         tracing::info!(
             node = shared.node(),
             down_ms = since.elapsed().as_millis() as u64,
@@ -99,10 +124,9 @@ pub(super) async fn subscribed(
     sink: &mut PubSubSink,
     stream: &mut PubSubStream,
     topics: &mut HashSet<String>,
+    own: &mut u16,
 ) -> Ended {
     let mut stop = shared.stop_signal();
-    // The node channel subscribed on this connection.
-    let mut own = shared.node();
     let mut ping = tokio::time::interval(shared.config.heartbeat);
     ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     shared.dirty_wake.notify_one();
@@ -140,13 +164,13 @@ pub(super) async fn subscribed(
             }
             _ = shared.renumbered.notified() => {
                 let now = shared.node();
-                if now != own {
+                if now != *own {
                     let switched = tokio::time::timeout(shared.config.response_timeout, async {
                         sink.subscribe(shared.names.node(now)).await?;
-                        sink.unsubscribe(shared.names.node(own)).await
+                        sink.unsubscribe(shared.names.node(*own)).await
                     });
                     match switched.await {
-                        Ok(Ok(())) => own = now,
+                        Ok(Ok(())) => *own = now,
                         Ok(Err(e)) => return Ended::Lost(e),
                         Err(_) => return Ended::Lost(timed_out()),
                     }
