@@ -581,3 +581,35 @@ async fn a_node_that_leaves_cleanly_takes_its_presence_with_it_at_once() {
     );
     drop((ann, bob));
 }
+
+#[tokio::test]
+async fn an_expired_history_is_announced_to_live_subscribers() {
+    let Some(redis) = Redis::own("faults_history_ttl") else {
+        return;
+    };
+    let prefix = redis.prefix("history-ttl");
+    let config = fast_config(&prefix).history_ttl(Duration::from_millis(300));
+    let a = node(&redis, config.clone()).await;
+    let b = node(&redis, config).await;
+    let mut c = Client::connect(b.addr, "c").await;
+    assert_eq!(c.subscribe("feed", None).await["type"], "subscribed");
+    a.hub.publish("feed", "old");
+    let old = position(&c.recv().await);
+    // The topic stays quiet past its history's TTL: the keys go, all three.
+    let epoch_key = format!("{prefix}:history:feed:epoch");
+    wait_until("the history expired", || {
+        let left: i64 = cmd(&redis, &["EXISTS", &epoch_key]);
+        async move { left == 0 }
+    })
+    .await;
+    // The next publication starts a new epoch; the live subscriber is told, not moved silently.
+    a.hub.publish("feed", "new 1");
+    let told = c.recv().await;
+    assert_eq!(told["type"], "unrecoverable", "{told}");
+    let from = position(&told["position"]);
+    assert_ne!(from.epoch, old.epoch);
+    a.hub.publish("feed", "new 2");
+    let m = c.recv().await;
+    assert_eq!(m["data"], "new 2");
+    assert_eq!(position(&m), Position::new(from.epoch, from.offset + 1));
+}
