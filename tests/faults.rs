@@ -172,6 +172,9 @@ async fn an_error_reply_fails_only_its_own_command() {
     a.hub.publish("feed", "before");
     let first = c.recv().await;
     assert_eq!(first["data"], "before");
+    let mut ann = Client::connect(a.addr, "ann").await;
+    ann.subscribe("room", None).await;
+    converges("ann present", &b.hub, &["ann"]).await;
 
     // Redis is full and refuses writes; PUBLISH needs no memory and still works.
     let _: () = cmd(&redis, &["CONFIG", "SET", "maxmemory-policy", "noeviction"]);
@@ -194,9 +197,30 @@ async fn an_error_reply_fails_only_its_own_command() {
     let s = a.backplane.stats();
     assert_eq!((s.refused, s.lost, s.reconnects), (2, 0, 0), "{s:?}");
     assert!(s.connected);
+    // While Redis is full, amy joins on A: A's writes may be refused, but what Redis holds
+    // (ann) stays, beat after beat, TTL renewed (a rewrite would delete it first; a write
+    // refused before the renewals would let it lapse).
+    let mut amy = Client::connect(a.addr, "amy").await;
+    amy.subscribe("room", None).await;
+    // Past the liveness timeout (500 ms), so a TTL not renewed would show.
+    let watch = std::time::Instant::now() + Duration::from_millis(800);
+    while std::time::Instant::now() < watch {
+        let names = present(&b.hub).await;
+        assert!(
+            names.contains(&"ann".to_owned()),
+            "ann kept while Redis is full: {names:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 
     // Memory again: the next publication follows the last one, no gap, no new epoch.
     let _: () = cmd(&redis, &["CONFIG", "SET", "maxmemory", "0"]);
+    converges(
+        "amy's entry written once Redis has memory",
+        &b.hub,
+        &["amy", "ann"],
+    )
+    .await;
     a.hub.publish("feed", "after");
     let m = c.recv().await;
     assert_eq!(m["data"], "after");

@@ -124,13 +124,15 @@ return 0
 /// Applies this node's presence changes, if it still holds its lease (so that a node that lost
 /// its number never writes under the new holder's). KEYS: the lease. ARGV: the token, the TTL
 /// (ms), then groups of four: `S key id info` (set, and renew the TTL), `D key id _` (delete),
-/// `X key _ _` (delete the key), `E key _ _` (renew the TTL). Returns 0, or -1 when the lease
-/// is not this node's. The keys are this node's own; the script names them in ARGV because
+/// `X key _ _` (delete the key), `E key _ _` (renew the TTL). Returns 0; -1 when the lease is
+/// not this node's; the number of keys to renew that were gone, when some were (they must be
+/// written again). The keys are this node's own; the script names them in ARGV because
 /// they are not known before (a single Redis, not a Redis Cluster).
 pub(super) const WRITE_PRESENCE: &str = r"
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then
   return -1
 end
+local gone = 0
 for i = 3, #ARGV, 4 do
   local op, key = ARGV[i], ARGV[i + 1]
   if op == 'S' then
@@ -141,8 +143,8 @@ for i = 3, #ARGV, 4 do
   elseif op == 'X' then
     redis.call('DEL', key)
   elseif op == 'E' then
-    redis.call('PEXPIRE', key, ARGV[2])
+    gone = gone + 1 - redis.call('PEXPIRE', key, ARGV[2])
   end
 end
-return 0
+return gone
 ";

@@ -81,6 +81,7 @@ pub(super) async fn run_heartbeat(shared: Arc<Shared>, mut beat: Heartbeat) {
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tick.tick().await; // the first beat was made by `connect`
     let mut failing = false;
+    let mut refused = false;
     loop {
         tokio::select! {
             biased;
@@ -103,13 +104,22 @@ pub(super) async fn run_heartbeat(shared: Arc<Shared>, mut beat: Heartbeat) {
                 };
                 if let Err(error) = written.await {
                     tracing::debug!(%error, "presence write failed; written again at the next beat");
-                    beat.presence = None;
-                    shared.drop_control_connection().await;
+                    if !is_reply_error(&error) {
+                        beat.presence = None;
+                        shared.drop_control_connection().await;
+                    }
                 }
                 continue;
             }
         }
         match beat.beat(&shared).await {
+            Ok(()) if refused => {
+                refused = false;
+                tracing::info!(
+                    node = shared.node(),
+                    "Redis accepts the heartbeat's writes again"
+                );
+            }
             Ok(()) if failing => {
                 failing = false;
                 shared.stats.reconnects.fetch_add(1, Relaxed);
@@ -119,6 +129,18 @@ pub(super) async fn run_heartbeat(shared: Arc<Shared>, mut beat: Heartbeat) {
                 );
             }
             Ok(()) => {}
+            Err(error) if is_reply_error(&error) => {
+                // Redis refuses writes (out of memory): the lease is renewed (PEXPIRE needs no
+                // memory), counts and presence are retried from what was written, which stays.
+                if !refused {
+                    tracing::warn!(
+                        node = shared.node(),
+                        %error,
+                        "Redis refused the heartbeat's writes: counts and presence not updated"
+                    );
+                }
+                refused = true;
+            }
             Err(error) => {
                 if !failing {
                     tracing::warn!(
@@ -261,15 +283,24 @@ impl Heartbeat {
             .arg(shared.names.nodes())
             .arg(ttl)
             .ignore();
-        let (added,): (i64,) = pipe.query_async(&mut conn).await?;
-        if added == 1 && self.written.is_some() {
-            // The hash had lapsed although the lease had not: write everything next beat.
-            self.written = None;
-            self.presence = None;
-        } else {
-            self.written = Some(now);
-        }
-        self.write_presence(shared, &mut conn, true).await
+        let counts = match pipe.query_async::<(i64,)>(&mut conn).await {
+            Ok((added,)) => {
+                if added == 1 && self.written.is_some() {
+                    // The hash had lapsed although the lease had not: write everything next
+                    // beat.
+                    self.written = None;
+                    self.presence = None;
+                } else {
+                    self.written = Some(now);
+                }
+                Ok(())
+            }
+            // Refused (out of memory): presence's TTLs are still renewed below.
+            Err(e) if is_reply_error(&e) => Err(e),
+            Err(e) => return Err(e),
+        };
+        let presence = self.write_presence(shared, &mut conn, true).await;
+        counts.and(presence)
     }
 
     /// Writes what changed in this node's presence since the last write (everything after a
@@ -287,12 +318,17 @@ impl Heartbeat {
         let dirty = std::mem::take(&mut *lock(&shared.presence_dirty));
         let mut ops: Vec<[String; 4]> = Vec::new();
         let op = |o: &str, key: String, id: String, info: String| [o.to_owned(), key, id, info];
+        // What the written record held for the changed topics, to go back to if Redis refuses.
+        let mut undo: Vec<(String, Option<HashMap<u64, String>>)> = Vec::new();
+        let full = self.presence.is_none();
         let mut written = match self.presence.take() {
             Some(written) => {
                 let mut written = written;
                 for topic in dirty {
                     let now = lock(&shared.presence).get(&topic).cloned();
-                    let before = written.remove(&topic).unwrap_or_default();
+                    let was = written.remove(&topic);
+                    let before = was.clone().unwrap_or_default();
+                    undo.push((topic.clone(), was));
                     let key = shared.names.presence(&topic, n);
                     let now = now.unwrap_or_default();
                     if now.is_empty() {
@@ -326,10 +362,15 @@ impl Heartbeat {
             }
         };
         if renew {
-            for topic in written.keys() {
-                let key = shared.names.presence(topic, n);
-                ops.push(op("E", key, String::new(), String::new()));
-            }
+            // First, so that they are done even when Redis refuses a write after them.
+            let renewals: Vec<[String; 4]> = written
+                .keys()
+                .map(|topic| {
+                    let key = shared.names.presence(topic, n);
+                    op("E", key, String::new(), String::new())
+                })
+                .collect();
+            ops.splice(0..0, renewals);
         }
         if ops.is_empty() {
             self.presence = Some(written);
@@ -351,12 +392,39 @@ impl Heartbeat {
                 self.presence = Some(written);
                 Ok(())
             }
+            // A key to renew had gone (it lapsed during a stall, or was deleted): what Redis
+            // holds is not what was written; write everything again now.
+            Ok(gone) if gone > 0 => {
+                shared.presence_wake.notify_one();
+                Ok(())
+            }
             // The lease is not this node's (any more): the next beat sorts it out, then
             // everything is written again.
             Ok(_) => Ok(()),
+            Err(e) if is_reply_error(&e) && !full => {
+                // Refused (out of memory): Redis holds what it held, but for the operations
+                // before the refused one, which are idempotent. Retry the same changes.
+                let mut dirty = lock(&shared.presence_dirty);
+                for (topic, was) in undo {
+                    match was {
+                        Some(entries) => written.insert(topic.clone(), entries),
+                        None => written.remove(&topic),
+                    };
+                    dirty.insert(topic);
+                }
+                drop(dirty);
+                self.presence = Some(written);
+                Err(e)
+            }
             Err(e) => Err(e),
         }
     }
+}
+
+/// Whether Redis answered with an error (out of memory, a script error), as opposed to the
+/// connection failing: the connection is fine and is kept.
+pub(super) fn is_reply_error(e: &r::RedisError) -> bool {
+    !(e.is_io_error() || e.is_connection_dropped() || e.is_timeout() || e.is_unrecoverable_error())
 }
 
 /// This node's sessions present per topic: session id to presence info.
