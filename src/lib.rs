@@ -177,9 +177,6 @@ mod tls;
 pub mod __fuzz;
 
 pub use backplane::{BackplaneError, Remote};
-// Temporary path for redis.rs until its split lands.
-#[cfg(feature = "redis")]
-pub(crate) use backplane::HistoryRead;
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub use backplane::{RedisBackplane, RedisConfig};

@@ -108,6 +108,28 @@ pub(crate) fn deliver_recorded(
     report
 }
 
+/// Tells the subscribers of `topic` on this node, unasked, that part of its stream is lost:
+/// the `unrecoverable` message, with the position to follow from (envelope mode only).
+pub(crate) fn announce_unrecoverable(engine: &Engine, topic: &str, position: Position) -> Delivery {
+    if !engine.config.envelope {
+        return Delivery::default();
+    }
+    let lost = Recovered::Unrecoverable {
+        current: Some(position),
+    };
+    let frame = frame::encode_text(&crate::protocol::subscribed(topic, &lost));
+    // Under the topic's history lock, as `deliver_recorded`, so it sits in order between
+    // publications.
+    let shard = engine.histories.lock(topic);
+    let target = Target::Topic {
+        topic,
+        except: None,
+    };
+    let report = engine.deliver(target, &frame);
+    drop(shard);
+    report
+}
+
 /// Subscribes `session` to `topic`, replaying what it missed since `since`.
 ///
 /// A replay that fits in half the session's queue is queued and joined at once, under the
