@@ -1,0 +1,347 @@
+//! The background task of one [`Client`]: it connects, sends the subscriptions, pumps
+//! messages both ways, follows the positions of the held topics, and reconnects with backoff
+//! when the connection is lost.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
+use http::HeaderValue;
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
+use tokio_tungstenite::tungstenite;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+use super::builder::Settings;
+use super::{Client, ClientState, Command, ConnectError, Positions, lock};
+use crate::message::{Message, Text};
+use crate::protocol::{self, ServerMessage};
+
+pub(super) type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// A connection that lasted this long resets the backoff to its first step.
+const STABLE: Duration = Duration::from_secs(5);
+/// How long closing may take: flushing what was queued and the close handshake.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
+
+pub(super) fn start(settings: Arc<Settings>, first: Option<Socket>) -> Client {
+    let (commands, command_rx) = mpsc::channel(settings.queue_capacity);
+    let (inbound_tx, inbound) = mpsc::channel(settings.queue_capacity);
+    let initial = if first.is_some() {
+        ClientState::Open
+    } else {
+        ClientState::Connecting
+    };
+    let (state_tx, state) = watch::channel(initial);
+    let (closing, closing_rx) = watch::channel(false);
+    let positions = Positions::default();
+    let task = Task {
+        settings,
+        commands: command_rx,
+        inbound: inbound_tx,
+        state: state_tx,
+        closing: closing_rx,
+        topics: Vec::new(),
+        positions: positions.clone(),
+    };
+    tokio::spawn(task.run(first));
+    Client {
+        commands,
+        inbound,
+        state,
+        closing,
+        positions,
+    }
+}
+
+/// Opens one connection within the connect timeout.
+pub(super) async fn open(settings: &Settings) -> Result<Socket, ConnectError> {
+    let mut request = http::Request::new(());
+    *request.method_mut() = settings.request.method.clone();
+    *request.uri_mut() = settings.request.uri.clone();
+    *request.headers_mut() = settings.request.headers.clone();
+    // Each attempt needs its own key.
+    request.headers_mut().insert(
+        http::header::SEC_WEBSOCKET_KEY,
+        HeaderValue::from_str(&tungstenite::handshake::client::generate_key())
+            .expect("a base64 key is a valid header value"),
+    );
+    let connecting = tokio_tungstenite::connect_async(request);
+    match tokio::time::timeout(settings.connect_timeout, connecting).await {
+        Err(_) => Err(ConnectError::Timeout),
+        Ok(Ok((socket, _response))) => Ok(socket),
+        Ok(Err(tungstenite::Error::Http(response))) => {
+            Err(ConnectError::Refused(response.status()))
+        }
+        Ok(Err(tungstenite::Error::Io(e))) => Err(ConnectError::Io(e)),
+        Ok(Err(e)) => Err(ConnectError::Handshake(e.to_string())),
+    }
+}
+
+/// The background task of one client: connect, pump, back off, repeat.
+struct Task {
+    settings: Arc<Settings>,
+    commands: mpsc::Receiver<Command>,
+    inbound: mpsc::Sender<Message>,
+    state: watch::Sender<ClientState>,
+    closing: watch::Receiver<bool>,
+    /// The topics to subscribe to after each reconnection, in first-subscribed order.
+    topics: Vec<String>,
+    /// The last position received per topic in `topics` (envelope servers only).
+    positions: Positions,
+}
+
+/// How a connection ended.
+enum Ended {
+    /// The server or the network ended it: reconnect.
+    Lost,
+    /// The application closed the client.
+    Closed,
+}
+
+impl Task {
+    async fn run(mut self, mut socket: Option<Socket>) {
+        let mut attempt = 0u32;
+        loop {
+            let ws = match socket.take() {
+                Some(ws) => ws,
+                None => {
+                    let opened = tokio::select! {
+                        opened = open(&self.settings) => opened,
+                        _ = closed(&mut self.closing) => break,
+                    };
+                    match opened {
+                        Ok(ws) => ws,
+                        Err(e) => {
+                            attempt += 1;
+                            tracing::debug!(url = %self.settings.url, attempt, error = %e, "connection attempt failed");
+                            if self.back_off(attempt).await {
+                                continue;
+                            }
+                            break;
+                        }
+                    }
+                }
+            };
+            tracing::debug!(url = %self.settings.url, "client connected");
+            self.state.send_replace(ClientState::Open);
+            let since = Instant::now();
+            let ended = self.pump(ws).await;
+            if matches!(ended, Ended::Closed) {
+                break;
+            }
+            if since.elapsed() >= STABLE {
+                attempt = 0;
+            }
+            attempt += 1;
+            tracing::debug!(url = %self.settings.url, "client connection lost");
+            if !self.back_off(attempt).await {
+                break;
+            }
+        }
+        self.state.send_replace(ClientState::Closed);
+    }
+
+    /// Waits the backoff before `attempt`; false when the client was closed meanwhile.
+    async fn back_off(&mut self, attempt: u32) -> bool {
+        let retry_in = self.settings.backoff(attempt);
+        self.state
+            .send_replace(ClientState::Reconnecting { attempt, retry_in });
+        tokio::select! {
+            _ = tokio::time::sleep(retry_in) => {
+                self.state.send_replace(ClientState::Connecting);
+                true
+            }
+            _ = closed(&mut self.closing) => false,
+        }
+    }
+
+    /// Runs one connection: subscriptions first, then messages both ways until it ends.
+    async fn pump(&mut self, mut ws: Socket) -> Ended {
+        let resubscribe: Vec<Message> = self
+            .topics
+            .iter()
+            .map(|topic| self.resubscribe_message(topic))
+            .collect();
+        for m in resubscribe {
+            if ws.feed(to_wire(m)).await.is_err() {
+                return Ended::Lost;
+            }
+        }
+        if ws.flush().await.is_err() {
+            return Ended::Lost;
+        }
+        loop {
+            tokio::select! {
+                biased;
+                _ = closed(&mut self.closing) => {
+                    self.close_socket(&mut ws).await;
+                    return Ended::Closed;
+                }
+                command = self.commands.recv() => {
+                    let Some(command) = command else {
+                        self.close_socket(&mut ws).await;
+                        return Ended::Closed;
+                    };
+                    let Some(m) = self.apply(command) else { continue };
+                    // A server that does not read must not keep `close` waiting.
+                    let sent = tokio::select! {
+                        sent = ws.send(m) => Some(sent.is_ok()),
+                        _ = closed(&mut self.closing) => None,
+                    };
+                    match sent {
+                        Some(true) => {}
+                        Some(false) => return Ended::Lost,
+                        None => {
+                            self.close_socket(&mut ws).await;
+                            return Ended::Closed;
+                        }
+                    }
+                }
+                incoming = ws.next() => {
+                    let message = match incoming {
+                        Some(Ok(tungstenite::Message::Text(t))) => {
+                            let m = Message::Text(Text::from_validated(Bytes::from(t)));
+                            if !self.track(&m) {
+                                continue;
+                            }
+                            m
+                        }
+                        Some(Ok(tungstenite::Message::Binary(b))) => Message::Binary(b),
+                        // Pings are answered by tungstenite; a close frame is answered and
+                        // then ends the stream.
+                        Some(Ok(_)) => continue,
+                        Some(Err(e)) => {
+                            tracing::debug!(url = %self.settings.url, error = %e, "client connection error");
+                            return Ended::Lost;
+                        }
+                        None => return Ended::Lost,
+                    };
+                    // While the application does not read, neither does the client (the
+                    // queue is bounded), but a close must still get through.
+                    let delivered = tokio::select! {
+                        sent = self.inbound.send(message) => sent.is_ok(),
+                        _ = closed(&mut self.closing) => false,
+                    };
+                    if !delivered {
+                        self.close_socket(&mut ws).await;
+                        return Ended::Closed;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Sends what the application queued before closing, then closes with 1000 and waits for
+    /// the server's answer, all within [`CLOSE_TIMEOUT`].
+    async fn close_socket(&mut self, ws: &mut Socket) {
+        let closing = async {
+            while let Ok(command) = self.commands.try_recv() {
+                if let Some(m) = self.apply(command) {
+                    ws.feed(m).await?;
+                }
+            }
+            let normal = tungstenite::protocol::CloseFrame {
+                code: tungstenite::protocol::frame::coding::CloseCode::Normal,
+                reason: "".into(),
+            };
+            ws.close(Some(normal)).await?;
+            while ws.next().await.is_some() {}
+            Ok::<_, tungstenite::Error>(())
+        };
+        let _ = tokio::time::timeout(CLOSE_TIMEOUT, closing).await;
+    }
+
+    /// The subscribe message for `topic` after a reconnection: with `since` when its
+    /// position is known and the message format is the default one.
+    fn resubscribe_message(&self, topic: &str) -> Message {
+        match lock(&self.positions).get(topic) {
+            Some(p) if !self.settings.custom_subscribe => {
+                Message::text(protocol::command_subscribe(topic, Some(*p)))
+            }
+            _ => (self.settings.subscribe)(topic),
+        }
+    }
+
+    /// Follows the positions of the held topics in envelope messages (PROTOCOL.md, "Client
+    /// algorithm"); false for a publication already received, which is not passed on.
+    fn track(&self, message: &Message) -> bool {
+        let Some(m) = ServerMessage::parse(message) else {
+            return true;
+        };
+        let held = |topic: &String| self.topics.contains(topic);
+        let mut positions = lock(&self.positions);
+        match m {
+            ServerMessage::Pub {
+                topic,
+                position: Some(p),
+                ..
+            } if held(&topic) => {
+                if let Some(last) = positions.get(&topic) {
+                    if last.epoch == p.epoch && p.offset <= last.offset {
+                        tracing::debug!(url = %self.settings.url, %topic, position = %p, "duplicate publication ignored");
+                        return false;
+                    }
+                }
+                positions.insert(topic, p);
+            }
+            ServerMessage::Subscribed {
+                topic,
+                position: Some(p),
+                ..
+            } if held(&topic) => {
+                positions.entry(topic).or_insert(p);
+            }
+            ServerMessage::Unrecoverable { topic, position } if held(&topic) => {
+                tracing::debug!(url = %self.settings.url, %topic, "unrecoverable: the application must reload");
+                match position {
+                    Some(p) => positions.insert(topic, p),
+                    None => positions.remove(&topic),
+                };
+            }
+            _ => {}
+        }
+        true
+    }
+
+    /// Updates the topic list for a command; the message to write, if any.
+    fn apply(&mut self, command: Command) -> Option<tungstenite::Message> {
+        match command {
+            Command::Send(m) => Some(to_wire(m)),
+            Command::Subscribe(topic) => {
+                if self.topics.contains(&topic) {
+                    return None;
+                }
+                let m = (self.settings.subscribe)(&topic);
+                self.topics.push(topic);
+                Some(to_wire(m))
+            }
+            Command::Unsubscribe(topic) => {
+                let i = self.topics.iter().position(|t| *t == topic)?;
+                self.topics.remove(i);
+                lock(&self.positions).remove(&topic);
+                Some(to_wire((self.settings.unsubscribe)(&topic)))
+            }
+        }
+    }
+}
+
+/// Resolves when the application closed the client (or dropped it).
+async fn closed(closing: &mut watch::Receiver<bool>) {
+    let _ = closing.wait_for(|c| *c).await;
+}
+
+fn to_wire(message: Message) -> tungstenite::Message {
+    match message {
+        Message::Text(t) => {
+            // The bytes of a `Text` are UTF-8 by construction; this checks them once more.
+            match tungstenite::Utf8Bytes::try_from(t.into_bytes()) {
+                Ok(text) => tungstenite::Message::Text(text),
+                Err(_) => unreachable!("Text holds UTF-8"),
+            }
+        }
+        Message::Binary(b) => tungstenite::Message::Binary(b),
+    }
+}
