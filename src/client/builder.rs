@@ -11,7 +11,7 @@ use std::time::Duration;
 use http::{HeaderName, HeaderValue};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
-use super::{Client, ConnectError, task};
+use super::{Client, ConnectError, task, transport};
 use crate::message::Message;
 use crate::protocol;
 
@@ -38,6 +38,10 @@ pub struct ClientBuilder {
     subscribe: Arc<TopicMessage>,
     unsubscribe: Arc<TopicMessage>,
     custom_subscribe: bool,
+    ping_interval: Option<Duration>,
+    read_timeout: Option<Duration>,
+    #[cfg(feature = "tls")]
+    tls: Option<Arc<tokio_rustls::rustls::ClientConfig>>,
 }
 
 impl ClientBuilder {
@@ -54,6 +58,10 @@ impl ClientBuilder {
             subscribe: Arc::new(|topic| Message::text(protocol::command_subscribe(topic, None))),
             unsubscribe: Arc::new(|topic| Message::text(protocol::command_unsubscribe(topic))),
             custom_subscribe: false,
+            ping_interval: Some(Duration::from_secs(15)),
+            read_timeout: Some(Duration::from_secs(40)),
+            #[cfg(feature = "tls")]
+            tls: None,
         }
     }
 
@@ -92,6 +100,63 @@ impl ClientBuilder {
         self
     }
 
+    /// How often the client sends a WebSocket ping while connected, so that a server that
+    /// stopped answering (a half-open connection: the server's machine is gone, a NAT or
+    /// proxy dropped the flow) shows within the [`read_timeout`](Self::read_timeout);
+    /// `None` sends none. Default: 15 s.
+    pub fn ping_interval(mut self, every: Option<Duration>) -> Self {
+        self.ping_interval = every.map(|d| d.max(Duration::from_millis(1)));
+        self
+    }
+
+    /// How long a connection may stay silent: when no frame at all (a message, a pong, a
+    /// ping) arrives for this long, or a write makes no progress for this long, the connection
+    /// is declared dead, dropped, and the client reconnects as after any loss (state
+    /// [`Reconnecting`](super::ClientState::Reconnecting)). Time the client spends waiting
+    /// for the application to take a message from a full [`recv`](Client::recv) queue does
+    /// not count. Keep it well above the [`ping_interval`](Self::ping_interval) plus a round
+    /// trip; `None` waits for ever (the operating system's TCP timeouts only).
+    /// Default: 40 s.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// let builder = wshub::Client::builder("ws://127.0.0.1:8080/ws")
+    ///     .ping_interval(Some(Duration::from_secs(5)))
+    ///     .read_timeout(Some(Duration::from_secs(12)));
+    /// ```
+    pub fn read_timeout(mut self, timeout: Option<Duration>) -> Self {
+        self.read_timeout = timeout.map(|d| d.max(Duration::from_millis(1)));
+        self
+    }
+
+    /// The rustls client configuration for `wss://` URLs (feature `tls`): which roots to
+    /// trust, client certificates. Required for `wss://` (wshub bundles no root certificates);
+    /// unused for `ws://`. rustls is re-exported as [`wshub::rustls`](crate::rustls); build
+    /// the configuration with its `ring` provider, as the server does, and no ALPN protocol
+    /// (or `http/1.1`).
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use wshub::rustls::{ClientConfig, RootCertStore};
+    ///
+    /// # fn f(ca: wshub::rustls::pki_types::CertificateDer<'static>) -> Result<(), Box<dyn std::error::Error>> {
+    /// let mut roots = RootCertStore::empty();
+    /// roots.add(ca)?;
+    /// let provider = Arc::new(wshub::rustls::crypto::ring::default_provider());
+    /// let tls = ClientConfig::builder_with_provider(provider)
+    ///     .with_safe_default_protocol_versions()?
+    ///     .with_root_certificates(roots)
+    ///     .with_no_client_auth();
+    /// let builder = wshub::Client::builder("wss://example.com/ws").tls_config(Arc::new(tls));
+    /// # Ok(()) }
+    /// ```
+    #[cfg(feature = "tls")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "tls")))]
+    pub fn tls_config(mut self, config: Arc<tokio_rustls::rustls::ClientConfig>) -> Self {
+        self.tls = Some(config);
+        self
+    }
+
     /// How many messages wait in each direction: received and not yet taken by
     /// [`recv`](Client::recv), and given to [`send`](Client::send) and not yet written.
     /// Default: 1024.
@@ -127,7 +192,7 @@ impl ClientBuilder {
     /// Use [`spawn`](Self::spawn) to keep trying from the start instead.
     pub async fn connect(self) -> Result<Client, ConnectError> {
         let settings = self.settings()?;
-        let socket = task::open(&settings).await?;
+        let socket = transport::open(&settings).await?;
         Ok(task::start(settings, Some(socket)))
     }
 
@@ -150,12 +215,42 @@ impl ClientBuilder {
             .as_str()
             .into_client_request()
             .map_err(|e| invalid(&e))?;
-        if request.uri().scheme_str() != Some("ws") {
+        let secure = match request.uri().scheme_str() {
+            Some("ws") => false,
+            Some("wss") => true,
+            _ => {
+                return Err(ConnectError::InvalidRequest(format!(
+                    "{}: only ws:// and wss:// URLs are supported",
+                    self.url
+                )));
+            }
+        };
+        #[cfg(feature = "tls")]
+        let tls = match (secure, self.tls) {
+            (false, _) => None,
+            (true, Some(config)) => Some(config),
+            (true, None) => {
+                return Err(ConnectError::InvalidRequest(format!(
+                    "{}: wss:// needs ClientBuilder::tls_config",
+                    self.url
+                )));
+            }
+        };
+        #[cfg(not(feature = "tls"))]
+        if secure {
             return Err(ConnectError::InvalidRequest(format!(
-                "{}: only ws:// URLs are supported",
+                "{}: wss:// needs wshub's `tls` feature",
                 self.url
             )));
         }
+        let uri = request.uri();
+        let host = uri
+            .host()
+            .unwrap_or_default()
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_string();
+        let port = uri.port_u16().unwrap_or(if secure { 443 } else { 80 });
         for (name, value) in &self.headers {
             let name = HeaderName::from_bytes(name.as_bytes()).map_err(|e| invalid(&e))?;
             let value = HeaderValue::from_str(value).map_err(|e| invalid(&e))?;
@@ -179,6 +274,12 @@ impl ClientBuilder {
             subscribe: self.subscribe,
             unsubscribe: self.unsubscribe,
             custom_subscribe: self.custom_subscribe,
+            host,
+            port,
+            ping_interval: self.ping_interval,
+            read_timeout: self.read_timeout,
+            #[cfg(feature = "tls")]
+            tls,
         }))
     }
 }
@@ -189,6 +290,8 @@ impl fmt::Debug for ClientBuilder {
             .field("url", &self.url)
             .field("initial_backoff", &self.initial_backoff)
             .field("max_backoff", &self.max_backoff)
+            .field("ping_interval", &self.ping_interval)
+            .field("read_timeout", &self.read_timeout)
             .finish_non_exhaustive()
     }
 }
@@ -204,6 +307,14 @@ pub(super) struct Settings {
     pub(super) subscribe: Arc<TopicMessage>,
     pub(super) unsubscribe: Arc<TopicMessage>,
     pub(super) custom_subscribe: bool,
+    /// Where to connect (without the brackets of an IPv6 literal).
+    pub(super) host: String,
+    pub(super) port: u16,
+    pub(super) ping_interval: Option<Duration>,
+    pub(super) read_timeout: Option<Duration>,
+    /// For `wss://` URLs only.
+    #[cfg(feature = "tls")]
+    pub(super) tls: Option<Arc<tokio_rustls::rustls::ClientConfig>>,
 }
 
 impl Settings {
@@ -262,7 +373,7 @@ mod tests {
     }
 
     #[test]
-    fn only_ws_urls_are_accepted() {
+    fn only_ws_and_wss_urls_are_accepted() {
         assert!(matches!(
             Client::builder("http://127.0.0.1/").settings(),
             Err(ConnectError::InvalidRequest(_))
@@ -273,5 +384,16 @@ mod tests {
                 .settings(),
             Err(ConnectError::InvalidRequest(_))
         ));
+        // wss:// needs the feature and a TLS configuration: a clear error, not a plain-text
+        // connection to a TLS port.
+        match Client::builder("wss://localhost/").settings() {
+            Err(ConnectError::InvalidRequest(why)) => assert!(why.contains("wss://"), "{why}"),
+            Err(e) => panic!("{e}"),
+            Ok(_) => panic!("wss:// without a TLS configuration was accepted"),
+        }
+        let s = Client::builder("ws://[::1]:9/x").settings().unwrap();
+        assert_eq!((s.host.as_str(), s.port), ("::1", 9));
+        let s = Client::builder("ws://example.com/").settings().unwrap();
+        assert_eq!((s.host.as_str(), s.port), ("example.com", 80));
     }
 }

@@ -3,11 +3,14 @@
 //!
 //! This file is the application's side: the [`Client`] handle, its states and errors.
 //! `builder.rs` holds [`ClientBuilder`] and the settings it produces; `task.rs` the
-//! background task that connects, pumps messages both ways, tracks positions and reconnects.
+//! background task that pumps messages both ways, keeps the connection alive (pings, read
+//! timeout), tracks positions and reconnects; `transport.rs` opens one connection (TCP, TLS
+//! for `wss://`, the upgrade).
 //! The JSON it reads and writes is [`crate::protocol`]'s.
 
 mod builder;
 mod task;
+mod transport;
 
 use std::collections::HashMap;
 use std::fmt;
@@ -96,17 +99,37 @@ type Positions = Arc<Mutex<HashMap<String, Position>>>;
 /// ```
 ///
 /// # Delivery
-/// Sending is at most once: [`send`](Client::send) queues the message (waiting for room in a
-/// bounded queue), and messages queued while disconnected go out after the next connection's
-/// subscriptions. A message already handed to a connection that then breaks is lost; a server
-/// that sends a snapshot on [`open`](crate::Handler::open) lets the client catch up.
+/// Sending is at most once: [`send`](Client::send) queues the message in a bounded queue
+/// ([`ClientBuilder::queue_capacity`]) and returns at once, and messages queued while
+/// disconnected go out after the next connection's subscriptions. `send` never waits for the
+/// network: when the queue is full (the server does not read, or the connection is down and
+/// the application keeps sending) it returns [`ClientSendError::Full`] and the message is not
+/// queued; the application decides whether to drop it, retry later or give up. A message
+/// already handed to a connection that then breaks is lost; a server that sends a snapshot on
+/// [`open`](crate::Handler::open) lets the client catch up.
 ///
 /// Incoming messages wait in a bounded queue ([`ClientBuilder::queue_capacity`]); while it is
 /// full the client stops reading from the socket, so a consumer that falls behind slows the
 /// server's sends down to the server's own slow-consumer policy rather than growing memory.
 ///
+/// # Liveness
+/// A connection can die without a close: the server's machine vanishes, a NAT or proxy drops
+/// the flow, the server process hangs. The client sends a WebSocket ping every
+/// [`ping_interval`](ClientBuilder::ping_interval) (15 s by default) and declares the
+/// connection dead when nothing at all has arrived for the
+/// [`read_timeout`](ClientBuilder::read_timeout) (40 s by default), or when a write has been
+/// stuck that long on a socket the server does not drain; it then reconnects as after any
+/// other loss, and [`state`](Client::state) says
+/// [`Reconnecting`](ClientState::Reconnecting).
+///
+/// # TLS
+/// With the `tls` feature, `wss://` URLs connect over TLS (tokio-rustls with rustls's `ring`
+/// provider, as [`Hub::serve_tls`](crate::Hub::serve_tls)); pass the rustls client
+/// configuration (the roots to trust) with `ClientBuilder::tls_config`. Without the feature,
+/// or without a configuration, a `wss://` URL is refused with
+/// [`ConnectError::InvalidRequest`].
+///
 /// Dropping the `Client` (or [`close`](Client::close)) ends its connection with close code 1000.
-/// Only `ws://` URLs are supported (no TLS).
 pub struct Client {
     commands: mpsc::Sender<Command>,
     inbound: mpsc::Receiver<Message>,
@@ -171,13 +194,24 @@ pub enum ConnectError {
     Handshake(String),
 }
 
-/// The [`Client`] is closed: nothing more can be sent. Create a new client to reconnect.
+/// Why [`Client::send`], [`subscribe`](Client::subscribe) or
+/// [`unsubscribe`](Client::unsubscribe) did not queue its message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-#[error("the client is closed")]
-pub struct ClientClosed;
+#[non_exhaustive]
+pub enum ClientSendError {
+    /// The outbound queue ([`ClientBuilder::queue_capacity`] messages) is full: the server is
+    /// not reading as fast as the application sends, or the client is disconnected. Nothing
+    /// was queued; try again later, or drop the message.
+    #[error("the client's outbound queue is full")]
+    Full,
+    /// The client is closed: nothing more can be sent. Create a new client to reconnect.
+    #[error("the client is closed")]
+    Closed,
+}
 
 impl Client {
-    /// A builder for a client of `url` (`ws://host:port/path?query`).
+    /// A builder for a client of `url` (`ws://host:port/path?query`, or `wss://` with the
+    /// `tls` feature).
     pub fn builder(url: impl Into<String>) -> ClientBuilder {
         ClientBuilder::new(url.into())
     }
@@ -187,34 +221,46 @@ impl Client {
         Client::builder(url).connect().await
     }
 
-    /// Queues `message` for the server, waiting while the outbound queue is full.
+    /// Queues `message` for the server, without waiting: when the outbound queue is full it
+    /// returns [`ClientSendError::Full`] at once.
     ///
     /// # Return
     /// `Ok` means queued, not delivered: while disconnected the message waits for the next
     /// connection (see [Delivery](Client#delivery)).
     ///
-    /// # Cancel safety
-    /// Cancelling while waiting for room queues nothing.
-    pub async fn send(&self, message: impl Into<Message>) -> Result<(), ClientClosed> {
-        self.command(Command::Send(message.into())).await
+    /// # Errors
+    /// [`ClientSendError::Full`] when the queue is full (the message is not queued),
+    /// [`ClientSendError::Closed`] after [`close`](Self::close).
+    pub async fn send(&self, message: impl Into<Message>) -> Result<(), ClientSendError> {
+        self.command(Command::Send(message.into()))
     }
 
     /// Subscribes to `topic` now (when connected) and after every reconnection; a topic
     /// already held is not sent again. See [Subscriptions](Client#subscriptions).
-    pub async fn subscribe(&self, topic: &str) -> Result<(), ClientClosed> {
-        self.command(Command::Subscribe(topic.to_string())).await
+    ///
+    /// # Errors
+    /// As [`send`](Self::send): the subscription goes through the same queue, in order with
+    /// the messages; when it is full nothing changes (the topic is not held).
+    pub async fn subscribe(&self, topic: &str) -> Result<(), ClientSendError> {
+        self.command(Command::Subscribe(topic.to_string()))
     }
 
     /// Unsubscribes from `topic` and stops subscribing to it after reconnections.
-    pub async fn unsubscribe(&self, topic: &str) -> Result<(), ClientClosed> {
-        self.command(Command::Unsubscribe(topic.to_string())).await
+    ///
+    /// # Errors
+    /// As [`send`](Self::send); when the queue is full the topic is still held.
+    pub async fn unsubscribe(&self, topic: &str) -> Result<(), ClientSendError> {
+        self.command(Command::Unsubscribe(topic.to_string()))
     }
 
-    async fn command(&self, command: Command) -> Result<(), ClientClosed> {
+    fn command(&self, command: Command) -> Result<(), ClientSendError> {
         if *self.closing.borrow() {
-            return Err(ClientClosed);
+            return Err(ClientSendError::Closed);
         }
-        self.commands.send(command).await.map_err(|_| ClientClosed)
+        self.commands.try_send(command).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(_) => ClientSendError::Full,
+            mpsc::error::TrySendError::Closed(_) => ClientSendError::Closed,
+        })
     }
 
     /// The next message from the server, across reconnections; `None` once the client is

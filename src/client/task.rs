@@ -7,19 +7,15 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
-use http::HeaderValue;
-use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite;
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 use super::builder::Settings;
-use super::{Client, ClientState, Command, ConnectError, Positions, lock};
+use super::transport::{Socket, open};
+use super::{Client, ClientState, Command, Positions, lock};
 use crate::message::{Message, Text};
 use crate::protocol::{self, ServerMessage};
-
-pub(super) type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
 /// A connection that lasted this long resets the backoff to its first step.
 const STABLE: Duration = Duration::from_secs(5);
@@ -53,30 +49,6 @@ pub(super) fn start(settings: Arc<Settings>, first: Option<Socket>) -> Client {
         state,
         closing,
         positions,
-    }
-}
-
-/// Opens one connection within the connect timeout.
-pub(super) async fn open(settings: &Settings) -> Result<Socket, ConnectError> {
-    let mut request = http::Request::new(());
-    *request.method_mut() = settings.request.method.clone();
-    *request.uri_mut() = settings.request.uri.clone();
-    *request.headers_mut() = settings.request.headers.clone();
-    // Each attempt needs its own key.
-    request.headers_mut().insert(
-        http::header::SEC_WEBSOCKET_KEY,
-        HeaderValue::from_str(&tungstenite::handshake::client::generate_key())
-            .expect("a base64 key is a valid header value"),
-    );
-    let connecting = tokio_tungstenite::connect_async(request);
-    match tokio::time::timeout(settings.connect_timeout, connecting).await {
-        Err(_) => Err(ConnectError::Timeout),
-        Ok(Ok((socket, _response))) => Ok(socket),
-        Ok(Err(tungstenite::Error::Http(response))) => {
-            Err(ConnectError::Refused(response.status()))
-        }
-        Ok(Err(tungstenite::Error::Io(e))) => Err(ConnectError::Io(e)),
-        Ok(Err(e)) => Err(ConnectError::Handshake(e.to_string())),
     }
 }
 
@@ -159,48 +131,57 @@ impl Task {
     }
 
     /// Runs one connection: subscriptions first, then messages both ways until it ends.
+    ///
+    /// Liveness: a ping every [`ping_interval`](Settings::ping_interval); the connection is
+    /// lost when no frame arrived for [`read_timeout`](Settings::read_timeout) (time spent
+    /// waiting for the application to take a message does not count), including while a
+    /// write is stuck on a full socket.
     async fn pump(&mut self, mut ws: Socket) -> Ended {
-        let resubscribe: Vec<Message> = self
+        let mut heard = Instant::now();
+        let resubscribe: Vec<tungstenite::Message> = self
             .topics
             .iter()
-            .map(|topic| self.resubscribe_message(topic))
+            .map(|topic| to_wire(self.resubscribe_message(topic)))
             .collect();
-        for m in resubscribe {
-            if ws.feed(to_wire(m)).await.is_err() {
-                return Ended::Lost;
+        let subscribing = async {
+            for m in resubscribe {
+                ws.feed(m).await?;
             }
+            ws.flush().await
+        };
+        match self.bounded(heard, subscribing).await {
+            Some(Ok(())) => {}
+            Some(Err(_)) => return Ended::Lost,
+            None => return self.ended(&mut ws).await,
         }
-        if ws.flush().await.is_err() {
-            return Ended::Lost;
-        }
+        let mut ping = self.settings.ping_interval.map(|every| {
+            let mut ping = tokio::time::interval_at(Instant::now() + every, every);
+            ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            ping
+        });
         loop {
-            tokio::select! {
+            let silent = self.deadline(heard);
+            let outgoing = tokio::select! {
                 biased;
                 _ = closed(&mut self.closing) => {
                     self.close_socket(&mut ws).await;
                     return Ended::Closed;
                 }
+                _ = sleep_until(silent) => {
+                    tracing::debug!(url = %self.settings.url, timeout = ?self.settings.read_timeout, "client read timeout: the server went silent");
+                    return Ended::Lost;
+                }
+                _ = tick(&mut ping) => tungstenite::Message::Ping(Bytes::new()),
                 command = self.commands.recv() => {
                     let Some(command) = command else {
                         self.close_socket(&mut ws).await;
                         return Ended::Closed;
                     };
                     let Some(m) = self.apply(command) else { continue };
-                    // A server that does not read must not keep `close` waiting.
-                    let sent = tokio::select! {
-                        sent = ws.send(m) => Some(sent.is_ok()),
-                        _ = closed(&mut self.closing) => None,
-                    };
-                    match sent {
-                        Some(true) => {}
-                        Some(false) => return Ended::Lost,
-                        None => {
-                            self.close_socket(&mut ws).await;
-                            return Ended::Closed;
-                        }
-                    }
+                    m
                 }
                 incoming = ws.next() => {
+                    heard = Instant::now();
                     let message = match incoming {
                         Some(Ok(tungstenite::Message::Text(t))) => {
                             let m = Message::Text(Text::from_validated(Bytes::from(t)));
@@ -229,8 +210,48 @@ impl Task {
                         self.close_socket(&mut ws).await;
                         return Ended::Closed;
                     }
+                    // Waiting for the application is not the server's silence.
+                    heard = Instant::now();
+                    continue;
                 }
+            };
+            // A server that does not read must neither keep `close` waiting nor hold the
+            // connection open for ever.
+            match self.bounded(heard, ws.send(outgoing)).await {
+                Some(Ok(())) => {}
+                Some(Err(e)) => {
+                    tracing::debug!(url = %self.settings.url, error = %e, "client write failed");
+                    return Ended::Lost;
+                }
+                None => return self.ended(&mut ws).await,
             }
+        }
+    }
+
+    /// When the connection counts as dead if nothing arrives after `heard`.
+    fn deadline(&self, heard: Instant) -> Option<Instant> {
+        self.settings.read_timeout.map(|timeout| heard + timeout)
+    }
+
+    /// Runs `io` until it completes; `None` when the client was closed or the read timeout
+    /// (counted from `heard`) passed first.
+    async fn bounded<T>(&mut self, heard: Instant, io: impl Future<Output = T>) -> Option<T> {
+        let silent = self.deadline(heard);
+        tokio::select! {
+            done = io => Some(done),
+            _ = closed(&mut self.closing) => None,
+            _ = sleep_until(silent) => None,
+        }
+    }
+
+    /// After [`bounded`](Self::bounded) gave up: closed by the application, or timed out.
+    async fn ended(&mut self, ws: &mut Socket) -> Ended {
+        if *self.closing.borrow() {
+            self.close_socket(ws).await;
+            Ended::Closed
+        } else {
+            tracing::debug!(url = %self.settings.url, timeout = ?self.settings.read_timeout, "client write stalled past the read timeout");
+            Ended::Lost
         }
     }
 
@@ -325,6 +346,24 @@ impl Task {
                 Some(to_wire((self.settings.unsubscribe)(&topic)))
             }
         }
+    }
+}
+
+/// Sleeps until `deadline`; never resolves without one.
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The next ping time; never resolves without pings.
+async fn tick(ping: &mut Option<tokio::time::Interval>) {
+    match ping {
+        Some(p) => {
+            p.tick().await;
+        }
+        None => std::future::pending().await,
     }
 }
 
