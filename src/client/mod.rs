@@ -70,13 +70,25 @@ type Positions = Arc<Mutex<HashMap<String, Position>>>;
 /// after a reconnection subscribes with
 /// `{"type":"subscribe","topic":…,"since":{"epoch":"…","offset":…}}`: the server then replays
 /// exactly what was missed, before the live publications. A publication the client already
-/// received (same epoch, offset not newer) is not passed on again. When the server cannot
-/// replay (its history was lost, e.g. it restarted, or the gap is older than what it keeps) it
-/// answers `unrecoverable`: the stream yields that message, which
+/// received (same epoch, offset not newer) is not passed on again.
+///
+/// The live stream is checked too (the *gap rule* of `PROTOCOL.md`): a publication from
+/// another epoch, or whose offset skips past the next one, means publications were lost on
+/// the way (a node or a backplane dropped them). The client then does not pass it on and does
+/// not move its position past the gap: it subscribes again `since` its last position and
+/// ignores that topic's publications until the server answers, so the application receives
+/// the missing publications and the following ones from the replay, each exactly once and in
+/// order.
+///
+/// When the server cannot replay (its history was lost, e.g. it restarted, or the gap is
+/// older than what it keeps) it answers `unrecoverable`, and a server that lost part of a live
+/// stream says so unasked: the stream yields that message, which
 /// [`ServerMessage::parse`](crate::protocol::ServerMessage::parse) reads as [`ServerMessage::Unrecoverable`](crate::protocol::ServerMessage::Unrecoverable), and the application
-/// reloads the topic's state by other means. Every envelope message is passed on as received
+/// reloads the topic's state by other means; the client takes the server's position and stays
+/// subscribed. Every envelope message is passed on as received
 /// (text); parse it with [`ServerMessage::parse`](crate::protocol::ServerMessage::parse). With a custom
-/// [`subscribe_message`](ClientBuilder::subscribe_message) no `since` is sent.
+/// [`subscribe_message`](ClientBuilder::subscribe_message) no `since` is sent, and a gap is
+/// passed on unrepaired.
 ///
 /// ```no_run
 /// use wshub::Client;
@@ -295,7 +307,8 @@ impl Client {
     /// subscribes `since`. `None` for a topic not held, without history, or before the
     /// server's first answer. It counts what the client received, which may still wait in the
     /// queue of [`recv`](Self::recv); after an `unrecoverable` answer it is the server's
-    /// current position.
+    /// current position. It never moves past a gap in the stream (see
+    /// [Recovery](Client#recovery)).
     ///
     /// ```no_run
     /// # fn f(client: &wshub::Client) {

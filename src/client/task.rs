@@ -2,6 +2,7 @@
 //! messages both ways, follows the positions of the held topics, and reconnects with backoff
 //! when the connection is lost.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -41,6 +42,7 @@ pub(super) fn start(settings: Arc<Settings>, first: Option<Socket>) -> Client {
         closing: closing_rx,
         topics: Vec::new(),
         positions: positions.clone(),
+        recovering: HashSet::new(),
     };
     tokio::spawn(task.run(first));
     Client {
@@ -63,6 +65,19 @@ struct Task {
     topics: Vec<String>,
     /// The last position received per topic in `topics` (envelope servers only).
     positions: Positions,
+    /// Topics with a gap being repaired on this connection: their publications are ignored
+    /// until the server answers the subscribe `since` (PROTOCOL.md, "Client algorithm").
+    recovering: HashSet<String>,
+}
+
+/// What [`Task::track`] decided for an incoming message.
+enum Tracked {
+    /// Pass it on to the application.
+    Pass,
+    /// A duplicate, or a publication of a topic whose gap is being repaired: drop it.
+    Drop,
+    /// A gap: drop the publication and write this subscribe (with `since`).
+    Gap(Message),
 }
 
 /// How a connection ended.
@@ -138,6 +153,8 @@ impl Task {
     /// write is stuck on a full socket.
     async fn pump(&mut self, mut ws: Socket) -> Ended {
         let mut heard = Instant::now();
+        // A new session: the subscriptions below start every topic afresh.
+        self.recovering.clear();
         let resubscribe: Vec<tungstenite::Message> = self
             .topics
             .iter()
@@ -159,7 +176,7 @@ impl Task {
             ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             ping
         });
-        loop {
+        'connection: loop {
             let silent = self.deadline(heard);
             let outgoing = tokio::select! {
                 biased;
@@ -180,20 +197,21 @@ impl Task {
                     let Some(m) = self.apply(command) else { continue };
                     m
                 }
-                incoming = ws.next() => {
+                incoming = ws.next() => 'incoming: {
                     heard = Instant::now();
                     let message = match incoming {
                         Some(Ok(tungstenite::Message::Text(t))) => {
                             let m = Message::Text(Text::from_validated(Bytes::from(t)));
-                            if !self.track(&m) {
-                                continue;
+                            match self.track(&m) {
+                                Tracked::Pass => m,
+                                Tracked::Drop => continue 'connection,
+                                Tracked::Gap(resubscribe) => break 'incoming to_wire(resubscribe),
                             }
-                            m
                         }
                         Some(Ok(tungstenite::Message::Binary(b))) => Message::Binary(b),
                         // Pings are answered by tungstenite; a close frame is answered and
                         // then ends the stream.
-                        Some(Ok(_)) => continue,
+                        Some(Ok(_)) => continue 'connection,
                         Some(Err(e)) => {
                             tracing::debug!(url = %self.settings.url, error = %e, "client connection error");
                             return Ended::Lost;
@@ -212,7 +230,7 @@ impl Task {
                     }
                     // Waiting for the application is not the server's silence.
                     heard = Instant::now();
-                    continue;
+                    continue 'connection;
                 }
             };
             // A server that does not read must neither keep `close` waiting nor hold the
@@ -287,44 +305,84 @@ impl Task {
     }
 
     /// Follows the positions of the held topics in envelope messages (PROTOCOL.md, "Client
-    /// algorithm"); false for a publication already received, which is not passed on.
-    fn track(&self, message: &Message) -> bool {
+    /// algorithm"): what to do with `message`.
+    ///
+    /// The gap rule: a live publication whose epoch differs from the last position's, or
+    /// whose offset is beyond the next one, means publications were lost on the way; the
+    /// client subscribes again `since` its last position (the server replays the gap, or
+    /// answers `unrecoverable`) and ignores that topic's publications until the answer. One
+    /// at or before the last offset of the same epoch is a duplicate.
+    fn track(&mut self, message: &Message) -> Tracked {
         let Some(m) = ServerMessage::parse(message) else {
-            return true;
+            return Tracked::Pass;
         };
-        let held = |topic: &String| self.topics.contains(topic);
+        if !topic_of(&m).is_some_and(|topic| self.topics.iter().any(|t| t == topic)) {
+            return Tracked::Pass;
+        }
+        let url = &self.settings.url;
         let mut positions = lock(&self.positions);
         match m {
             ServerMessage::Pub {
                 topic,
                 position: Some(p),
                 ..
-            } if held(&topic) => {
-                if let Some(last) = positions.get(&topic) {
-                    if last.epoch == p.epoch && p.offset <= last.offset {
-                        tracing::debug!(url = %self.settings.url, %topic, position = %p, "duplicate publication ignored");
-                        return false;
-                    }
+            } => {
+                if self.recovering.contains(&topic) {
+                    tracing::debug!(%url, %topic, position = %p, "publication ignored until the gap is answered");
+                    return Tracked::Drop;
                 }
-                positions.insert(topic, p);
+                let Some(last) = positions.get(&topic).copied() else {
+                    positions.insert(topic, p);
+                    return Tracked::Pass;
+                };
+                if last.epoch == p.epoch && p.offset <= last.offset {
+                    tracing::debug!(%url, %topic, position = %p, "duplicate publication ignored");
+                    return Tracked::Drop;
+                }
+                if last.epoch == p.epoch && p.offset == last.offset + 1 {
+                    positions.insert(topic, p);
+                    return Tracked::Pass;
+                }
+                if self.settings.custom_subscribe {
+                    // A custom subscribe message cannot carry `since`: nothing to repair with.
+                    tracing::debug!(%url, %topic, %last, position = %p, "gap in the stream (custom subscribe: not repaired)");
+                    positions.insert(topic, p);
+                    return Tracked::Pass;
+                }
+                tracing::debug!(%url, %topic, %last, position = %p, "gap in the stream: subscribing again since the last position");
+                let resubscribe = Message::text(protocol::command_subscribe(&topic, Some(last)));
+                self.recovering.insert(topic);
+                Tracked::Gap(resubscribe)
             }
             ServerMessage::Subscribed {
-                topic,
-                position: Some(p),
-                ..
-            } if held(&topic) => {
-                positions.entry(topic).or_insert(p);
+                topic, position, ..
+            } => {
+                self.recovering.remove(&topic);
+                if let Some(p) = position {
+                    positions.entry(topic).or_insert(p);
+                }
+                Tracked::Pass
             }
-            ServerMessage::Unrecoverable { topic, position } if held(&topic) => {
-                tracing::debug!(url = %self.settings.url, %topic, "unrecoverable: the application must reload");
+            ServerMessage::Unrecoverable { topic, position } => {
+                tracing::debug!(%url, %topic, "unrecoverable: the application must reload");
+                self.recovering.remove(&topic);
                 match position {
                     Some(p) => positions.insert(topic, p),
                     None => positions.remove(&topic),
                 };
+                Tracked::Pass
             }
-            _ => {}
+            ServerMessage::Error {
+                command,
+                topic: Some(topic),
+                ..
+            } if command == "subscribe" => {
+                // The repair was refused: the next publication finds the gap again.
+                self.recovering.remove(&topic);
+                Tracked::Pass
+            }
+            _ => Tracked::Pass,
         }
-        true
     }
 
     /// Updates the topic list for a command; the message to write, if any.
@@ -343,9 +401,24 @@ impl Task {
                 let i = self.topics.iter().position(|t| *t == topic)?;
                 self.topics.remove(i);
                 lock(&self.positions).remove(&topic);
+                self.recovering.remove(&topic);
                 Some(to_wire((self.settings.unsubscribe)(&topic)))
             }
         }
+    }
+}
+
+/// The topic an envelope message is about, if any.
+fn topic_of(m: &ServerMessage) -> Option<&str> {
+    match m {
+        ServerMessage::Pub { topic, .. }
+        | ServerMessage::Subscribed { topic, .. }
+        | ServerMessage::Unrecoverable { topic, .. }
+        | ServerMessage::Presence { topic, .. }
+        | ServerMessage::Join { topic, .. }
+        | ServerMessage::Leave { topic, .. } => Some(topic),
+        ServerMessage::Error { topic, .. } => topic.as_deref(),
+        _ => None,
     }
 }
 
