@@ -337,8 +337,9 @@ async fn a_silent_server_is_declared_dead_within_the_read_timeout_and_the_client
         detected >= READ_TIMEOUT,
         "declared dead after {detected:?}, before the read timeout"
     );
+    // The bound leaves room for a loaded machine; without a read timeout it never happens.
     assert!(
-        detected < READ_TIMEOUT * 4,
+        detected < READ_TIMEOUT + Duration::from_millis(1600),
         "declared dead only after {detected:?}"
     );
     // And it connects again by itself.
@@ -354,15 +355,15 @@ async fn the_read_timeout_leaves_a_quiet_but_live_connection_alone() {
     // Nothing to say for several read timeouts: the hub's pongs keep the connection open.
     let mut server = Server::start(([127, 0, 0, 1], 0).into(), false).await;
     let mut client = Client::builder(server.url())
-        .ping_interval(Some(Duration::from_millis(50)))
-        .read_timeout(Some(Duration::from_millis(300)))
+        .ping_interval(Some(Duration::from_millis(100)))
+        .read_timeout(Some(Duration::from_millis(700)))
         .connect()
         .await
         .unwrap();
-    // Five read timeouts without a message: the connection must stay open throughout.
+    // Three read timeouts without a message: the connection must stay open throughout.
     let mut states = client.state_changes();
     let quiet = timeout(
-        Duration::from_millis(1500),
+        Duration::from_millis(2100),
         states.wait_for(|s| *s != ClientState::Open),
     )
     .await;
@@ -401,9 +402,15 @@ async fn send_returns_at_once_with_full_when_the_server_does_not_read() {
     };
     assert_eq!(full, ClientSendError::Full);
     assert!(queued >= 8, "only {queued} queued");
-    // Subscribing goes through the same queue: refused the same way, at once.
-    let subscribed = timeout(WAIT, client.subscribe("news")).await.unwrap();
-    assert_eq!(subscribed, Err(ClientSendError::Full));
+    // Subscribing goes through the same queue: it returns at once too (refused, unless the
+    // task took one more message off the queue meanwhile).
+    let subscribed = timeout(WAIT, client.subscribe("news"))
+        .await
+        .expect("subscribe returns without waiting for the server");
+    assert!(
+        matches!(subscribed, Ok(()) | Err(ClientSendError::Full)),
+        "{subscribed:?}"
+    );
     assert_eq!(client.state(), ClientState::Open);
     timeout(WAIT, client.close())
         .await

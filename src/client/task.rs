@@ -178,8 +178,10 @@ impl Task {
         });
         'connection: loop {
             let silent = self.deadline(heard);
+            // Unbiased: neither a flood of sends nor a flood of messages starves the other
+            // direction, and a busy send queue cannot hide a live server from the read
+            // timeout.
             let outgoing = tokio::select! {
-                biased;
                 _ = closed(&mut self.closing) => {
                     self.close_socket(&mut ws).await;
                     return Ended::Closed;
@@ -256,6 +258,9 @@ impl Task {
     async fn bounded<T>(&mut self, heard: Instant, io: impl Future<Output = T>) -> Option<T> {
         let silent = self.deadline(heard);
         tokio::select! {
+            // A write that can complete does, even when the client is closing: what was
+            // taken from the queue is not dropped.
+            biased;
             done = io => Some(done),
             _ = closed(&mut self.closing) => None,
             _ = sleep_until(silent) => None,
