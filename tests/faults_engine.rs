@@ -327,3 +327,92 @@ async fn fifty_thousand_topics_leave_nothing_behind() {
         assert!(fifth <= third + 3 * 1024, "{figures}");
     }
 }
+
+/// A handler whose `on_unsubscribe` panics; `on_close` reports on a channel.
+struct Panicky {
+    closed: tokio::sync::mpsc::UnboundedSender<wshub::SessionId>,
+}
+
+#[wshub::async_trait]
+impl Handler for Panicky {
+    async fn on_message(&self, s: &Session, _m: Message) {
+        for topic in ["a", "b", "c"] {
+            s.subscribe(topic).unwrap();
+        }
+        s.send("ok").unwrap();
+    }
+    fn on_unsubscribe(&self, _s: &Session, _topic: &str) {
+        panic!("a bug in the application's on_unsubscribe");
+    }
+    async fn on_close(&self, s: &Session, _why: wshub::CloseReason) {
+        let _ = self.closed.send(s.id());
+    }
+}
+
+/// Guarantee: a session's end removes it from the registry and every topic and runs
+/// `on_close` once, even when `on_unsubscribe` panics. Before: the hooks ran before the
+/// registry removal, inside the connection's drop guard, so the panic skipped the removal
+/// (a ghost session and subscriptions) and `on_close`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panicking_on_unsubscribe_skips_nothing_at_session_end() {
+    let (tx, mut closed) = tokio::sync::mpsc::unbounded_channel();
+    let hub = Hub::builder(Panicky { closed: tx })
+        .config(Config::default().ping_interval(None).idle_timeout(None))
+        .build();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(hub.clone().serve(listener));
+    let mut c = connect(addr).await;
+    send_text(&mut c, "go").await;
+    assert_eq!(recv_text(&mut c).await, "ok");
+    assert_eq!(hub.subscriber_count("a"), 1);
+    drop(c);
+    support::within("on_close", closed.recv()).await.unwrap();
+    assert_eq!(hub.session_count(), 0);
+    assert_eq!(hub.topics(), Vec::<String>::new());
+}
+
+/// Guarantee: presence converges to the truth when subscribes race sessions' ends. The
+/// application subscribes every session to a presence topic, over and over, while the
+/// clients disconnect; once all have ended, nobody is present. Before: presence listed a
+/// session's topics before the registry removed it, so a subscribe in between left a ghost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscribes_racing_session_ends_leave_no_ghost_in_presence() {
+    const CLIENTS: usize = 200;
+    let config = Config::default().presence("room");
+    let (hub, addr) = serve(config).await;
+    let mut clients = Vec::new();
+    for _ in 0..CLIENTS {
+        clients.push(connect(addr).await);
+    }
+    support::wait_until("every session", || hub.session_count() == CLIENTS).await;
+    let ids: Vec<_> = (1..=CLIENTS as u64)
+        .map(wshub::SessionId::from_u64)
+        .collect();
+    let racer = {
+        let hub = hub.clone();
+        tokio::spawn(async move {
+            while hub.session_count() > 0 {
+                for id in &ids {
+                    let _ = hub.subscribe(*id, "room");
+                }
+                tokio::task::yield_now().await;
+            }
+        })
+    };
+    for c in clients {
+        drop(c);
+        tokio::task::yield_now().await;
+    }
+    support::within("the racing subscriber", racer)
+        .await
+        .unwrap();
+    support::wait_until("presence to empty", || hub.subscriber_count("room") == 0).await;
+    // Every session's end has run; nobody may be left present.
+    support::wait_until("every session to end", || {
+        let s = hub.stats();
+        s.closed_by_client + s.closed_by_server + s.disconnected + s.io_errors == CLIENTS as u64
+    })
+    .await;
+    assert_eq!(hub.presence("room").await.unwrap(), Vec::new());
+}
