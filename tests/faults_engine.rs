@@ -416,3 +416,41 @@ async fn subscribes_racing_session_ends_leave_no_ghost_in_presence() {
     .await;
     assert_eq!(hub.presence("room").await.unwrap(), Vec::new());
 }
+
+/// Guarantee: a client dropped in the middle of a streamed replay ends its session promptly
+/// (no task waits for room that will never come) and leaves nothing behind; a client that
+/// then recovers from the same position gets every publication exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_dropped_mid_replay_ends_at_once_and_another_recovers_exactly() {
+    const MISSED: u64 = 10_000;
+    let config = Config::default()
+        .history("feed", HistoryPolicy::new(100_000, None))
+        .envelope(true);
+    let (hub, addr) = serve(config).await;
+    let first = hub.publish("feed", "0").position.unwrap();
+    let body = "w".repeat(1024);
+    for _ in 1..MISSED {
+        hub.publish("feed", body.as_str());
+    }
+    let since = Position::new(first.epoch, 0);
+    let mut c = connect(addr).await;
+    send_text(&mut c, &subscribe_since("feed", since)).await;
+    assert_eq!(recv_json(&mut c).await["type"], "subscribed");
+    for _ in 0..100 {
+        assert_eq!(recv_json(&mut c).await["type"], "pub");
+    }
+    drop(c); // mid-replay
+    // Well before `ping_timeout` (20 s), the session has ended.
+    support::wait_until("the dropped session to end", || {
+        let s = hub.stats();
+        s.sessions == 0
+            && s.closed_by_client + s.closed_by_server + s.disconnected + s.io_errors == 1
+    })
+    .await;
+    let mut c = connect(addr).await;
+    send_text(&mut c, &subscribe_since("feed", since)).await;
+    assert_eq!(recv_json(&mut c).await["replayed"], MISSED);
+    for offset in 1..=MISSED {
+        assert_eq!(recv_json(&mut c).await["offset"], offset);
+    }
+}
