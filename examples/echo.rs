@@ -6,7 +6,11 @@
 //!
 //! ```text
 //! cargo run --release --example echo -- 127.0.0.1:9001
+//! cargo run --release --features deflate --example echo -- 127.0.0.1:9001 shared
 //! ```
+//!
+//! The optional second argument is the compression mode: `off` (default), `shared` or
+//! `dedicated` (permessage-deflate, the `deflate` feature).
 use wshub::{Config, Handler, Hub, Message, Session};
 
 struct Echo;
@@ -26,8 +30,30 @@ async fn main() -> std::io::Result<()> {
     let config = Config::default()
         .max_message_size(64 << 20)
         .max_queue_bytes(64 << 20);
+    let config = compression(config);
     let hub = Hub::builder(Echo).config(config).build();
     let listener = tokio::net::TcpListener::bind(&addr).await?;
     println!("echo listening on ws://{}", listener.local_addr()?);
     hub.serve(listener).await
+}
+
+/// The compression mode of the optional second argument: `off` (default), `shared` or
+/// `dedicated` (needs the `deflate` feature).
+fn compression(config: Config) -> Config {
+    let mode = std::env::args().nth(2).unwrap_or_else(|| "off".into());
+    #[cfg(feature = "deflate")]
+    {
+        let mode = match mode.as_str() {
+            "off" => wshub::Compression::Off,
+            "shared" => wshub::Compression::Shared,
+            "dedicated" => wshub::Compression::Dedicated { window_bits: 12 },
+            other => panic!("unknown compression mode {other:?}: off, shared or dedicated"),
+        };
+        config.compression(mode)
+    }
+    #[cfg(not(feature = "deflate"))]
+    {
+        assert!(mode == "off", "compression needs --features deflate");
+        config
+    }
 }

@@ -244,6 +244,7 @@ fn detached_session(hub: &Hub) -> Arc<SessionInner> {
         request,
         subprotocol: None,
         outbox: Outbox::new(&core.config, core.counters.clone()),
+        deflate: None,
         topics: Mutex::new(SessionTopics::default()),
         last_seen: AtomicU64::new(core.now_ms()),
         ping_sent: AtomicU64::new(0),

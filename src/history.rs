@@ -616,6 +616,7 @@ fn queue_and_subscribe(
     }
     let mut report = Delivery::default();
     for frame in frames {
+        let frame = crate::deflate::for_one(s.deflate.as_ref(), frame);
         report.count(s.outbox.push(frame));
     }
     core.counters.delivery(&report);

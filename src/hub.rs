@@ -290,7 +290,11 @@ impl Hub {
             return forwarded;
         }
         let frame = frame::encode_message(&message);
-        match self.core.registry.with(id, |s| s.outbox.push(frame)) {
+        let push = |s: &SessionInner| {
+            let frame = crate::deflate::for_one(s.deflate.as_ref(), frame);
+            s.outbox.push(frame)
+        };
+        match self.core.registry.with(id, push) {
             Some(pushed) => self.core.push_result(id, pushed),
             None => Err(SendError::NotFound(id)),
         }

@@ -127,6 +127,7 @@ mod backplane;
 mod client;
 mod config;
 mod connection;
+mod deflate;
 mod error;
 mod frame;
 mod handler;
@@ -162,6 +163,8 @@ pub use backplane::{
 #[cfg_attr(docsrs, doc(cfg(feature = "client")))]
 pub use client::{Client, ClientBuilder, ClientClosed, ClientState, ConnectError, ServerMessage};
 pub use config::{Config, SlowConsumerPolicy};
+#[cfg(feature = "deflate")]
+pub use deflate::{Compression, NoCompression};
 pub use error::{FullOutcome, RemoteError, SendError, TopicError, validate_topic};
 pub use handler::{CloseReason, Handler, Reject, Request};
 pub use history::{ClientCommand, HistoryError, HistoryPolicy, HistoryRead, Position, Recovered};

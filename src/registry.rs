@@ -13,6 +13,7 @@ use std::sync::{Arc, Mutex, RwLock};
 
 use bytes::Bytes;
 
+use crate::deflate::OutFrame;
 use crate::error::TopicError;
 use crate::hub::Delivery;
 use crate::outbox::Pushed;
@@ -76,10 +77,12 @@ impl Members {
         self.list.len()
     }
 
-    fn deliver(&self, frame: &Bytes, except: Option<SessionId>, report: &mut Delivery) {
+    /// Pushes the frame into every member's outbox: the plain frame, or the compressed one
+    /// (computed at most once for all of them) to those that negotiated compression.
+    fn deliver(&self, frame: &OutFrame, except: Option<SessionId>, report: &mut Delivery) {
         for s in &self.list {
             if Some(s.id) != except {
-                let pushed = s.outbox.push(frame.clone());
+                let pushed = s.outbox.push(frame.for_session(s.deflate.as_ref()));
                 if pushed == Pushed::Disconnected {
                     tracing::info!(id = %s.id, "slow consumer: queue full, closing with 1008");
                 }
@@ -253,8 +256,9 @@ impl Registry {
 
     pub(crate) fn deliver_all(&self, frame: &Bytes, except: Option<SessionId>) -> Delivery {
         let mut report = Delivery::default();
+        let frame = OutFrame::new(frame.clone());
         for shard in self.sessions.iter() {
-            read(shard).deliver(frame, except, &mut report);
+            read(shard).deliver(&frame, except, &mut report);
         }
         report
     }
@@ -267,7 +271,7 @@ impl Registry {
     ) -> Delivery {
         let mut report = Delivery::default();
         if let Some(members) = read(&self.topics[topic_shard(topic)]).get(topic) {
-            members.deliver(frame, except, &mut report);
+            members.deliver(&OutFrame::new(frame.clone()), except, &mut report);
         }
         report
     }

@@ -57,6 +57,8 @@ pub(crate) struct SessionInner {
     pub(crate) request: Request,
     pub(crate) subprotocol: Option<Box<str>>,
     pub(crate) outbox: Outbox,
+    /// The permessage-deflate parameters it negotiated, if any.
+    pub(crate) deflate: Option<crate::deflate::Negotiated>,
     pub(crate) topics: Mutex<SessionTopics>,
     /// Milliseconds since the hub started when the last frame arrived.
     pub(crate) last_seen: AtomicU64,
@@ -143,6 +145,7 @@ impl Session {
     /// not queued as asked; see [`SendError`].
     pub fn send(&self, message: impl Into<Message>) -> Result<(), SendError> {
         let frame = crate::frame::encode_message(&message.into());
+        let frame = crate::deflate::for_one(self.inner.deflate.as_ref(), frame);
         let pushed = self.inner.outbox.push(frame);
         self.hub.core.push_result(self.inner.id, pushed)
     }
