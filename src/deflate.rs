@@ -33,9 +33,10 @@ impl Negotiated {
     /// Whether a frame compressed once without context can go to this session as it is.
     #[cfg(feature = "deflate")]
     fn shares(&self, payload_len: usize) -> bool {
+        // The shared compressor's own window is 15 bits.
         !self.takeover
             && payload_len >= self.min_size as usize
-            && payload_len <= 1 << self.server_window
+            && (self.server_window >= 15 || payload_len <= 1 << self.server_window)
     }
 }
 
