@@ -69,6 +69,12 @@ impl FrameDecoder {
         FrameDecoder(frame::Decoder::new(max_message))
     }
 
+    /// A decoder for a connection that negotiated permessage-deflate: RSV1 messages are
+    /// inflated, the limit applying to their inflated size.
+    pub fn with_inflate(max_message: usize) -> Self {
+        FrameDecoder(frame::Decoder::with_inflate(max_message, true))
+    }
+
     /// Consumes bytes of `input` until one event completes or the input is used up: the bytes
     /// used and the event, or the close code and reason of a refusal.
     pub fn decode(&mut self, input: &[u8]) -> Result<(usize, Option<FrameEvent>), (u16, &str)> {

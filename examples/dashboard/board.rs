@@ -528,6 +528,10 @@ impl Server {
             .max_messages_per_second(Some(20))
             .history(BOARD, HistoryPolicy::new(HISTORY_KEPT, Some(HISTORY_AGE)))
             .envelope(true);
+        // Board updates are JSON that deflate shrinks well: compressed once per publication
+        // for every page that negotiated it (browsers all offer permessage-deflate).
+        #[cfg(feature = "deflate")]
+        let config = config.compression(wshub::Compression::Shared);
         let handler = Dashboard {
             board: board.clone(),
         };
