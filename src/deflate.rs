@@ -46,6 +46,9 @@ impl Negotiated {
 /// window too small for the message) get the plain frame.
 pub(crate) struct OutFrame {
     plain: Bytes,
+    /// The payload's length, for the per-recipient window check.
+    #[cfg(feature = "deflate")]
+    payload_len: usize,
     #[cfg(feature = "deflate")]
     compressed: std::cell::OnceCell<Option<Bytes>>,
 }
@@ -53,6 +56,8 @@ pub(crate) struct OutFrame {
 impl OutFrame {
     pub(crate) fn new(plain: Bytes) -> Self {
         OutFrame {
+            #[cfg(feature = "deflate")]
+            payload_len: codec::split_frame(&plain).1.len(),
             plain,
             #[cfg(feature = "deflate")]
             compressed: std::cell::OnceCell::new(),
@@ -63,8 +68,7 @@ impl OutFrame {
     pub(crate) fn for_session(&self, deflate: Option<&Negotiated>) -> Bytes {
         #[cfg(feature = "deflate")]
         if let Some(n) = deflate {
-            let (_, payload) = codec::split_frame(&self.plain);
-            if n.shares(payload.len()) {
+            if n.shares(self.payload_len) {
                 if let Some(c) = self
                     .compressed
                     .get_or_init(|| codec::compress_shared(&self.plain))
