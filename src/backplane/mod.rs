@@ -657,7 +657,10 @@ impl LocalNode {
             KIND_SEND => {
                 let to = raw.target()?;
                 let mut report = Delivery::default();
-                match core.registry.with(to, |s| s.outbox.push(frame())) {
+                match core.registry.with(to, |s| {
+                    s.outbox
+                        .push(crate::deflate::for_one(s.deflate.as_ref(), frame()))
+                }) {
                     Some(pushed) => {
                         // `push_result` counts and logs as a local `send_to` does.
                         let _ = core.push_result(to, pushed);
