@@ -149,7 +149,7 @@ mod codec {
         /// About 0.65 wire/payload on small JSON messages.
         Shared,
         /// The server keeps its compression context between the messages of a connection
-        /// (better ratios on repetitive streams: about 0.25 wire/payload on dashboard JSON), at
+        /// (better ratios on repetitive streams: about 0.26 wire/payload on dashboard JSON), at
         /// the price of one compression per recipient and one compressor per connection,
         /// allocated on its first compressed message (none before: an idle connection costs
         /// nothing more). With zlib-rs its memory is a 128 KiB hash table plus
@@ -184,10 +184,11 @@ mod codec {
     /// Compression level of the shared compressor (zlib's default): it runs once per
     /// publication, and without context every byte of ratio comes from within the message.
     const SHARED_LEVEL: i32 = 6;
-    /// Compression level of the per-connection compressors: with context the matches are long
-    /// whatever the level, and level 1 is about ten times faster than 6 on repeated JSON
-    /// (0.5 µs against 5 µs for a 324-byte update, ratio 0.12 against 0.10, zlib-rs).
-    const DEDICATED_LEVEL: i32 = 1;
+    /// Compression level of the per-connection compressors. Measured with the peer benchmark
+    /// (400-byte dashboard JSON, window 12, one run): level 1 gives 0.32 wire/payload at
+    /// 2.8 µs of server CPU per delivery, 2 gives 0.30 at 7.4, 3 gives 0.26 at 6.7, 4 gives
+    /// 0.26 at 7.1, 6 gives 0.25 at 8.3. Level 3 is where the ratio stops improving.
+    const DEDICATED_LEVEL: i32 = 3;
     /// zlib's memory level for the per-connection compressors: 1 KiB symbol buffer.
     const DEDICATED_MEM_LEVEL: i32 = 4;
 
