@@ -340,6 +340,8 @@ mod codec {
     thread_local! {
         /// The compressor of shared-mode messages (no context): one per worker thread.
         static SHARED: RefCell<Option<Box<Deflate>>> = const { RefCell::new(None) };
+        /// Where a per-connection compressor writes before the frame header is known.
+        static SCRATCH: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
         /// The inflater of every inbound compressed message (clients keep no context).
         static INFLATER: RefCell<Option<Box<Inflate>>> = const { RefCell::new(None) };
     }
@@ -443,7 +445,6 @@ mod codec {
         window_bits: u8,
         min_size: usize,
         deflate: Option<Box<Deflate>>,
-        scratch: Vec<u8>,
     }
 
     impl Dedicated {
@@ -452,7 +453,6 @@ mod codec {
                 window_bits: n.server_window,
                 min_size: n.min_size as usize,
                 deflate: None,
-                scratch: Vec::new(),
             })
         }
 
@@ -470,21 +470,23 @@ mod codec {
             let d = self.deflate.get_or_insert_with(|| {
                 new_deflate(DEDICATED_LEVEL, window_bits, DEDICATED_MEM_LEVEL)
             });
-            self.scratch.clear();
-            if !deflate_message(d, payload, &mut self.scratch) {
-                // The context is unusable now: start afresh (always valid for the client).
-                d.reset();
-                buf.extend_from_slice(frame);
-                return;
-            }
-            // Sent compressed even when larger: the client's window must see what ours did.
-            let mut header = BytesMut::with_capacity(10);
-            put_header(&mut header, first | 0x40, self.scratch.len());
-            buf.extend_from_slice(&header);
-            buf.extend_from_slice(&self.scratch);
-            if self.scratch.capacity() > 64 * 1024 {
-                self.scratch = Vec::new();
-            }
+            SCRATCH.with_borrow_mut(|scratch| {
+                scratch.clear();
+                if !deflate_message(d, payload, scratch) {
+                    // The context is unusable now: start afresh (always valid for the client).
+                    d.reset();
+                    buf.extend_from_slice(frame);
+                    return;
+                }
+                // Sent compressed even when larger: the client's window must see what ours did.
+                let mut header = BytesMut::with_capacity(10);
+                put_header(&mut header, first | 0x40, scratch.len());
+                buf.extend_from_slice(&header);
+                buf.extend_from_slice(scratch);
+                if scratch.capacity() > 64 * 1024 {
+                    *scratch = Vec::new();
+                }
+            });
         }
     }
 
