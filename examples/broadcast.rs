@@ -8,16 +8,31 @@
 //! cargo run --release --features deflate --example broadcast -- 127.0.0.1:9001 shared
 //! ```
 //!
-//! The optional second argument is the compression mode: `off` (default), `shared` or
-//! `dedicated` (permessage-deflate, the `deflate` feature).
+//! The optional second argument is the compression mode: `off` (default), `shared`,
+//! `dedicated` or `topic` (permessage-deflate, the `deflate` feature). With `topic` the
+//! messages go through a topic (`Hub::publish`), to exercise the per-topic compression streams.
 use wshub::{Config, Handler, Hub, Message, Session};
 
-struct Broadcast;
+struct Broadcast {
+    /// Every session subscribes to one topic and messages are published to it (the same
+    /// recipients as a broadcast), for the per-topic compression streams.
+    via_topic: bool,
+}
 
 #[wshub::async_trait]
 impl Handler for Broadcast {
+    async fn open(&self, session: &Session) {
+        if self.via_topic {
+            let _ = session.subscribe("all");
+        }
+    }
+
     async fn on_message(&self, session: &Session, message: Message) {
-        session.hub().broadcast(message);
+        if self.via_topic {
+            session.hub().publish("all", message);
+        } else {
+            session.hub().broadcast(message);
+        }
     }
 }
 
@@ -26,7 +41,10 @@ async fn main() -> std::io::Result<()> {
     let addr = std::env::args()
         .nth(1)
         .unwrap_or_else(|| "127.0.0.1:9001".into());
-    let hub = Hub::builder(Broadcast)
+    let handler = Broadcast {
+        via_topic: via_topic(),
+    };
+    let hub = Hub::builder(handler)
         .config(compression(Config::default()))
         .build();
     let listener = tokio::net::TcpListener::bind(&addr).await?;
@@ -42,8 +60,13 @@ async fn main() -> std::io::Result<()> {
     result
 }
 
-/// The compression mode of the optional second argument: `off` (default), `shared` or
-/// `dedicated` (needs the `deflate` feature).
+/// Whether the mode is `topic`: messages then go through a topic.
+fn via_topic() -> bool {
+    std::env::args().nth(2).as_deref() == Some("topic")
+}
+
+/// The compression mode of the optional second argument: `off` (default), `shared`,
+/// `dedicated` or `topic` (needs the `deflate` feature).
 fn compression(config: Config) -> Config {
     let mode = std::env::args().nth(2).unwrap_or_else(|| "off".into());
     #[cfg(feature = "deflate")]
@@ -52,7 +75,8 @@ fn compression(config: Config) -> Config {
             "off" => wshub::Compression::Off,
             "shared" => wshub::Compression::Shared,
             "dedicated" => wshub::Compression::Dedicated { window_bits: 12 },
-            other => panic!("unknown compression mode {other:?}: off, shared or dedicated"),
+            "topic" => wshub::Compression::Topic { window_bits: 12 },
+            other => panic!("unknown compression mode {other:?}: off, shared, dedicated or topic"),
         };
         config.compression(mode)
     }

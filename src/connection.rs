@@ -154,6 +154,7 @@ where
         subprotocol: subprotocol.map(String::into_boxed_str),
         outbox: Outbox::new(&core.config, core.counters.clone()),
         deflate: deflate.map(|(n, _)| n),
+        following: AtomicU64::new(0),
         topics: std::sync::Mutex::new(SessionTopics::default()),
         last_seen: AtomicU64::new(core.now_ms()),
         ping_sent: AtomicU64::new(0),

@@ -535,6 +535,7 @@ mod tests {
             crate::deflate::OutFrame::new(plain).for_session(Some(&crate::deflate::Negotiated {
                 server_window: 15,
                 takeover: false,
+                stream: false,
                 min_size: 0,
             }));
         let body = &compressed[2..];

@@ -251,6 +251,7 @@ fn detached_session(hub: &Hub) -> Arc<SessionInner> {
         subprotocol: None,
         outbox: Outbox::new(&core.config, core.counters.clone()),
         deflate: None,
+        following: AtomicU64::new(0),
         topics: Mutex::new(SessionTopics::default()),
         last_seen: AtomicU64::new(core.now_ms()),
         ping_sent: AtomicU64::new(0),

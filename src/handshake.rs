@@ -372,12 +372,7 @@ fn negotiate_deflate(
     if request.extensions().get::<crate::NoCompression>().is_some() {
         return None;
     }
-    let config = &core.config;
-    crate::deflate::negotiate(
-        config.compression,
-        config.compression_min_size,
-        request.headers(),
-    )
+    crate::deflate::negotiate(&core.config, request.headers())
 }
 
 #[cfg(not(feature = "deflate"))]

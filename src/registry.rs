@@ -46,12 +46,21 @@ type IdMap<V> = HashMap<SessionId, V, BuildHasherDefault<IdHasher>>;
 pub(crate) struct Members {
     list: Vec<Arc<SessionInner>>,
     index: IdMap<usize>,
+    /// A member negotiated the topic compression mode: publications go through `stream`.
+    #[cfg(feature = "deflate")]
+    streamed: bool,
+    #[cfg(feature = "deflate")]
+    stream: Mutex<Option<Box<crate::deflate::TopicStream>>>,
 }
 
 impl Members {
     fn insert(&mut self, s: Arc<SessionInner>) -> bool {
         if self.index.contains_key(&s.id) {
             return false;
+        }
+        #[cfg(feature = "deflate")]
+        if s.deflate.is_some_and(|n| n.stream) {
+            self.streamed = true;
         }
         self.index.insert(s.id, self.list.len());
         self.list.push(s);
@@ -62,7 +71,13 @@ impl Members {
         let Some(i) = self.index.remove(&id) else {
             return false;
         };
-        self.list.swap_remove(i);
+        let _gone = self.list.swap_remove(i);
+        #[cfg(feature = "deflate")]
+        if let Some(stream) = lock(&self.stream).as_ref() {
+            // It stops following this topic's stream (and may enter another one).
+            let (epoch, following) = (stream.epoch(), &_gone.following);
+            let _ = following.compare_exchange(epoch, 0, Ordering::AcqRel, Ordering::Acquire);
+        }
         if let Some(moved) = self.list.get(i) {
             self.index.insert(moved.id, i);
         }
@@ -89,6 +104,63 @@ impl Members {
                 report.count(pushed);
             }
         }
+    }
+}
+
+#[cfg(feature = "deflate")]
+impl Members {
+    /// [`deliver`](Self::deliver) for a topic whose members follow its compression stream: the
+    /// publication is compressed once in the stream's context, under the stream's lock so that
+    /// every follower queues the stream's frames in the order they were compressed. Followers
+    /// get the compressed frame; subscribers waiting to enter get it at a restart; the others
+    /// get the plain frame (or the shared one, for sessions in the shared mode).
+    fn deliver_stream(&self, plain: &Bytes, except: Option<SessionId>, report: &mut Delivery) {
+        let frame = OutFrame::new(plain.clone());
+        let mut guard = lock(&self.stream);
+        if guard.is_none() {
+            let first = self
+                .list
+                .iter()
+                .find_map(|s| s.deflate.filter(|n| n.stream));
+            *guard = first.map(|n| Box::new(crate::deflate::TopicStream::new(&n)));
+        }
+        let Some(stream) = guard.as_mut() else {
+            return self.deliver(&frame, except, report);
+        };
+        let compressed = stream.compress(plain);
+        let mut waiting = false;
+        for s in &self.list {
+            if Some(s.id) == except {
+                continue;
+            }
+            let pushed = match (s.deflate, &compressed) {
+                (Some(n), Some((c, epoch, previous))) if n.stream => {
+                    let f = s.following.load(Ordering::Acquire);
+                    let enters = previous.is_some_and(|p| f == 0 || f == p)
+                        && (s.following)
+                            .compare_exchange(f, *epoch, Ordering::AcqRel, Ordering::Acquire)
+                            .is_ok();
+                    if f == *epoch || enters {
+                        let pushed = s.outbox.push(c.clone());
+                        if pushed != Pushed::Queued {
+                            // It missed a frame of the stream: out until the next restart.
+                            let (acq, rel) = (Ordering::Acquire, Ordering::AcqRel);
+                            let _ = s.following.compare_exchange(*epoch, 0, rel, acq);
+                        }
+                        pushed
+                    } else {
+                        waiting |= f == 0;
+                        s.outbox.push(plain.clone())
+                    }
+                }
+                _ => s.outbox.push(frame.for_session(s.deflate.as_ref())),
+            };
+            if pushed == Pushed::Disconnected {
+                tracing::info!(id = %s.id, "slow consumer: queue full, closing with 1008");
+            }
+            report.count(pushed);
+        }
+        stream.set_waiting(waiting);
     }
 }
 
@@ -271,6 +343,11 @@ impl Registry {
     ) -> Delivery {
         let mut report = Delivery::default();
         if let Some(members) = read(&self.topics[topic_shard(topic)]).get(topic) {
+            #[cfg(feature = "deflate")]
+            if members.streamed {
+                members.deliver_stream(frame, except, &mut report);
+                return report;
+            }
             members.deliver(&OutFrame::new(frame.clone()), except, &mut report);
         }
         report

@@ -258,3 +258,142 @@ asyncio.run(main())
         assert!(stats.bytes_out < stats.bytes_in / 2, "{mode:?}: {stats:?}");
     }
 }
+
+/// Reads one data frame and returns its message: inflated in `inf`'s context when RSV1 is
+/// set (as a client that keeps its context does), as it is otherwise.
+async fn read_message(c: &mut RawClient, inf: &mut zlib_rs::Inflate) -> (bool, Vec<u8>) {
+    let f = c.read_frame().await.expect("a frame");
+    if f.rsv1 {
+        (true, inflate_with(inf, &f.payload))
+    } else {
+        (false, f.payload)
+    }
+}
+
+#[tokio::test]
+async fn a_topic_stream_is_compressed_once_for_its_followers_and_keeps_its_context() {
+    let config = quiet_config().compression(Compression::Topic { window_bits: 12 });
+    let mut t = start(config, subscribing("parcels")).await;
+    let (mut a, answer) = upgrade_offering(t.addr, "permessage-deflate").await;
+    assert_eq!(
+        answer.as_deref(),
+        Some("permessage-deflate; client_no_context_takeover")
+    );
+    let (mut b, _) = upgrade_offering(t.addr, OFFER).await;
+    let mut plain = RawClient::upgrade(t.addr).await;
+    let ids: Vec<_> = t
+        .events
+        .opens(3)
+        .await
+        .into_iter()
+        .map(|(id, _)| id)
+        .collect();
+    let (mut ia, mut ib) = (new_inflate(), new_inflate());
+    let mut sizes = Vec::new();
+    for seq in 0..20 {
+        t.hub.publish("parcels", update(seq));
+        let fa = a.read_frame().await.unwrap();
+        let fb = b.read_frame().await.unwrap();
+        assert!(fa.rsv1 && fb.rsv1, "{seq}");
+        assert_eq!(fa.payload, fb.payload, "one compressed frame for both");
+        assert_eq!(inflate_with(&mut ia, &fa.payload), update(seq).as_bytes());
+        assert_eq!(inflate_with(&mut ib, &fb.payload), update(seq).as_bytes());
+        assert_eq!(
+            plain.read_frame().await.unwrap().payload,
+            update(seq).as_bytes()
+        );
+        sizes.push(fa.payload.len());
+        // Anything else goes to followers uncompressed: it must not enter their windows.
+        if seq % 5 == 0 {
+            t.hub.broadcast(update(100 + seq));
+            t.hub.send_to(ids[0], update(200 + seq)).unwrap();
+            assert_eq!(
+                read_message(&mut a, &mut ia).await,
+                (false, update(100 + seq).into_bytes())
+            );
+            assert_eq!(
+                read_message(&mut a, &mut ia).await,
+                (false, update(200 + seq).into_bytes())
+            );
+            assert_eq!(
+                read_message(&mut b, &mut ib).await,
+                (false, update(100 + seq).into_bytes())
+            );
+            plain.read_frame().await.unwrap();
+        }
+    }
+    assert!(
+        sizes[19] * 3 < sizes[0],
+        "the context did not help: {sizes:?}"
+    );
+
+    // A newcomer gets plain frames until the stream restarts for it (within 32
+    // publications), then follows it like the others, who go on without a hitch.
+    let (mut late, _) = upgrade_offering(t.addr, OFFER).await;
+    t.events.open().await;
+    let mut il = new_inflate();
+    let mut entered = None;
+    for seq in 20..60 {
+        t.hub.publish("parcels", update(seq));
+        for (c, inf) in [(&mut a, &mut ia), (&mut b, &mut ib)] {
+            assert_eq!(read_message(c, inf).await, (true, update(seq).into_bytes()));
+        }
+        plain.read_frame().await.unwrap();
+        let (compressed, m) = read_message(&mut late, &mut il).await;
+        assert_eq!(m, update(seq).as_bytes());
+        match (entered, compressed) {
+            (None, true) => entered = Some(seq),
+            (Some(_), false) => panic!("left the stream at {seq}"),
+            _ => {}
+        }
+    }
+    let entered = entered.expect("the newcomer never entered the stream");
+    assert!(entered <= 20 + 32, "entered at {entered}");
+}
+
+/// A follower whose queue refuses a frame of the stream (`DropNewest`) leaves it, gets plain
+/// frames, and enters again at the next restart: every message it gets inflates correctly.
+#[tokio::test]
+async fn a_follower_that_misses_a_frame_leaves_the_stream_until_it_restarts() {
+    let config = quiet_config()
+        .compression(Compression::Topic { window_bits: 12 })
+        .slow_consumer_policy(wshub::SlowConsumerPolicy::DropNewest)
+        .max_queue_messages(4);
+    let mut t = start(config, subscribing("parcels")).await;
+    let (mut c, _) = upgrade_offering(t.addr, OFFER).await;
+    t.events.open().await;
+    let mut inf = new_inflate();
+    t.hub.publish("parcels", update(0));
+    assert_eq!(
+        read_message(&mut c, &mut inf).await,
+        (true, update(0).into_bytes())
+    );
+    // On this single-threaded runtime the connection cannot drain while the test publishes:
+    // the queue takes 4, the rest are dropped.
+    let dropped: usize = (1..10)
+        .map(|seq| t.hub.publish("parcels", update(seq)).dropped)
+        .sum();
+    assert_eq!(dropped, 5);
+    for seq in 1..5 {
+        assert_eq!(
+            read_message(&mut c, &mut inf).await,
+            (true, update(seq).into_bytes())
+        );
+    }
+    let mut back = None;
+    for seq in 10..60 {
+        t.hub.publish("parcels", update(seq));
+        let (compressed, m) = read_message(&mut c, &mut inf).await;
+        assert_eq!(m, update(seq).as_bytes(), "{seq}");
+        match (back, compressed) {
+            (None, true) => back = Some(seq),
+            (Some(_), false) => panic!("left the stream again at {seq}"),
+            _ => {}
+        }
+    }
+    let back = back.expect("never entered the stream again");
+    assert!(
+        back > 10,
+        "it must not follow a stream it has a gap in (back at {back})"
+    );
+}
