@@ -169,7 +169,7 @@ mod codec {
         /// Compress once *and* keep context: each topic has one compressor, kept from
         /// publication to publication, and its subscribers follow that stream: a publication is
         /// compressed once and the same frame goes to every follower, with the ratios of
-        /// context takeover (about 0.25 wire/payload on dashboard JSON). A session follows at
+        /// context takeover (about 0.26 wire/payload on dashboard JSON). A session follows at
         /// most one topic stream, entered at a point where the stream restarts without history
         /// (at its first publication, then at most every 32 publications while someone waits);
         /// until then, and for everything else sent to it (other topics, broadcasts, `send_to`,
