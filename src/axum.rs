@@ -194,6 +194,13 @@ fn switching_protocols(accepted: &Accepted) -> Response {
     {
         headers.insert(header::SEC_WEBSOCKET_PROTOCOL, protocol);
     }
+    if let Some(extensions) = accepted
+        .deflate
+        .as_ref()
+        .and_then(|(_, e)| HeaderValue::from_str(e).ok())
+    {
+        headers.insert(header::SEC_WEBSOCKET_EXTENSIONS, extensions);
+    }
     response
 }
 

@@ -67,6 +67,10 @@ pub struct Config {
     pub(crate) presence: Vec<String>,
     pub(crate) envelope: bool,
     pub(crate) max_topics_per_session: usize,
+    #[cfg(feature = "deflate")]
+    pub(crate) compression: crate::deflate::Compression,
+    #[cfg(feature = "deflate")]
+    pub(crate) compression_min_size: usize,
 }
 
 /// The longest timeout kept; see [`Config`].
@@ -98,6 +102,10 @@ impl Default for Config {
             presence: Vec::new(),
             envelope: false,
             max_topics_per_session: 1024,
+            #[cfg(feature = "deflate")]
+            compression: crate::deflate::Compression::Off,
+            #[cfg(feature = "deflate")]
+            compression_min_size: 64,
         }
     }
 }
@@ -350,6 +358,37 @@ impl Config {
     #[must_use]
     pub fn envelope(mut self, on: bool) -> Self {
         self.envelope = on;
+        self
+    }
+
+    /// permessage-deflate (RFC 7692): whether and how sessions compress. Default:
+    /// [`Compression::Off`](crate::Compression::Off). See [`Compression`](crate::Compression)
+    /// for the modes and their memory and CPU per connection.
+    ///
+    /// Inbound compressed messages are held to [`max_message_size`](Self::max_message_size)
+    /// once inflated (1009 as soon as inflation passes it), so a small frame that inflates to
+    /// gigabytes costs at most the limit in memory and the time to produce it.
+    ///
+    /// ```
+    /// use wshub::{Compression, Config};
+    ///
+    /// let config = Config::default()
+    ///     .compression(Compression::Shared)
+    ///     .compression_min_size(128);
+    /// ```
+    #[cfg(feature = "deflate")]
+    #[must_use]
+    pub fn compression(mut self, mode: crate::deflate::Compression) -> Self {
+        self.compression = mode;
+        self
+    }
+
+    /// Messages shorter than this many bytes are sent uncompressed (RSV1 clear) even to a
+    /// session that negotiated compression: deflate rarely shrinks them. Default: 64.
+    #[cfg(feature = "deflate")]
+    #[must_use]
+    pub fn compression_min_size(mut self, bytes: usize) -> Self {
+        self.compression_min_size = bytes;
         self
     }
 

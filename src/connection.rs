@@ -13,7 +13,7 @@ use std::panic::AssertUnwindSafe;
 use std::pin::{Pin, pin};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::task::{Context, Poll, ready};
+use std::task::{Context, Poll, Waker, ready};
 
 use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
@@ -25,7 +25,7 @@ use crate::handler::CloseReason;
 use crate::handshake::{self, Accepted, Refused};
 use crate::hub::Hub;
 use crate::message::{CloseCode, CloseFrame, Message};
-use crate::outbox::{Abort, Outbox};
+use crate::outbox::{Abort, Drained, Outbox};
 use crate::registry::SessionTopics;
 use crate::session::{Session, SessionInner};
 
@@ -34,6 +34,9 @@ const READ_SCRATCH: usize = 64 * 1024;
 thread_local! {
     static READ_BUF: RefCell<Box<[u8]>> = RefCell::new(vec![0; READ_SCRATCH].into_boxed_slice());
     static WRITE_BUF: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+    /// Frames drained for a connection that compresses them at write time.
+    #[cfg(feature = "deflate")]
+    static DRAINED: RefCell<Vec<Bytes>> = const { RefCell::new(Vec::new()) };
 }
 
 /// Runs one raw connection: the HTTP upgrade, then the session.
@@ -143,6 +146,7 @@ where
         request,
         subprotocol,
         admission,
+        deflate,
         ..
     } = accepted;
     let inner = Arc::new(SessionInner {
@@ -150,6 +154,8 @@ where
         request,
         subprotocol: subprotocol.map(String::into_boxed_str),
         outbox: Outbox::new(&core.config, core.counters.clone()),
+        deflate: deflate.map(|(n, _)| n),
+        following: AtomicU64::new(0),
         topics: std::sync::Mutex::new(SessionTopics::default()),
         last_seen: AtomicU64::new(core.now_ms()),
         ping_sent: AtomicU64::new(0),
@@ -269,15 +275,26 @@ struct Connection<S> {
     /// Inbound rate limit: tokens left, and when the bucket was last refilled (hub ms).
     tokens: f64,
     refilled_at: u64,
+    /// The dedicated-mode compressor (context takeover), if this session negotiated it.
+    #[cfg(feature = "deflate")]
+    deflater: Option<Box<crate::deflate::Dedicated>>,
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
     fn new(io: S, session: Arc<SessionInner>, core: Arc<Engine>, input: Bytes) -> Self {
         let tokens = f64::from(core_rate(&core));
         let refilled_at = core.coarse_ms();
+        #[cfg(feature = "deflate")]
+        let deflater = session
+            .deflate
+            .as_ref()
+            .and_then(crate::deflate::Dedicated::new)
+            .map(Box::new);
         Connection {
+            #[cfg(feature = "deflate")]
+            deflater,
             io,
-            decoder: Decoder::new(core.config.max_message_size),
+            decoder: Decoder::with_inflate(core.config.max_message_size, session.deflate.is_some()),
             session,
             core,
             input,
@@ -418,7 +435,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             }
             let wrote = WRITE_BUF.with_borrow_mut(|buf| {
                 buf.clear();
-                let drained = self.session.outbox.drain(buf, batch, cx.waker());
+                let drained = self.drain_into(buf, batch, cx.waker());
                 if drained.frames == 0 {
                     return Ok(None);
                 }
@@ -463,6 +480,21 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             self.needs_flush = false;
         }
         Poll::Ready(Ok(()))
+    }
+
+    /// Moves queued frames into the write buffer, compressing them in the dedicated mode.
+    fn drain_into(&mut self, buf: &mut Vec<u8>, batch: usize, waker: &Waker) -> Drained {
+        #[cfg(feature = "deflate")]
+        if let Some(deflater) = self.deflater.as_mut() {
+            return DRAINED.with_borrow_mut(|frames| {
+                let drained = self.session.outbox.drain_frames(frames, batch, waker);
+                for frame in frames.drain(..) {
+                    deflater.write(&frame, buf);
+                }
+                drained
+            });
+        }
+        self.session.outbox.drain(buf, batch, waker)
     }
 
     /// Reads and decodes until a message is complete (`Ready(Some)`), the connection's state

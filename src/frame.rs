@@ -119,11 +119,16 @@ struct Assembly {
     buf: BytesMut,
     /// Bytes of `buf` known to be valid UTF-8 (text only); an incomplete character may follow.
     valid: usize,
+    /// RSV1 was set on the first frame: `buf` holds deflate data (RFC 7692), checked once
+    /// inflated.
+    compressed: bool,
 }
 
 /// Incremental decoder of client-to-server frames.
 pub(crate) struct Decoder {
     max_message: usize,
+    /// permessage-deflate was negotiated: RSV1 marks a compressed message.
+    inflate: bool,
     header: [u8; 14],
     header_len: usize,
     frame: Option<FrameState>,
@@ -132,9 +137,18 @@ pub(crate) struct Decoder {
 }
 
 impl Decoder {
+    #[cfg(any(test, feature = "fuzzing"))]
     pub(crate) fn new(max_message: usize) -> Self {
+        Self::with_inflate(max_message, false)
+    }
+
+    /// A decoder for a connection that negotiated permessage-deflate when `inflate` is true:
+    /// compressed messages are inflated per worker thread, the limit applying to their
+    /// inflated size.
+    pub(crate) fn with_inflate(max_message: usize, inflate: bool) -> Self {
         Decoder {
             max_message,
+            inflate,
             header: [0; 14],
             header_len: 0,
             frame: None,
@@ -172,7 +186,7 @@ impl Decoder {
                 let start = msg.buf.len();
                 msg.buf.extend_from_slice(chunk);
                 unmask(&mut msg.buf[start..], frame.mask, frame.offset);
-                if msg.text {
+                if msg.text && !msg.compressed {
                     check_utf8_prefix(&msg.buf, &mut msg.valid)?;
                 }
             }
@@ -213,10 +227,15 @@ impl Decoder {
 
     fn start_frame(&mut self, h: &[u8]) -> Result<(), ProtocolError> {
         let fin = h[0] & 0x80 != 0;
-        if h[0] & 0x70 != 0 {
+        let opcode = h[0] & 0x0F;
+        let rsv1 = h[0] & 0x40 != 0;
+        if h[0] & 0x30 != 0 || (rsv1 && !self.inflate) {
             return Err(protocol("reserved bits set without an extension"));
         }
-        let opcode = h[0] & 0x0F;
+        if rsv1 && !matches!(opcode, OP_TEXT | OP_BINARY) {
+            // RFC 7692 section 6: only the first frame of a data message may set RSV1.
+            return Err(protocol("RSV1 set on a control or continuation frame"));
+        }
         if h[1] & 0x80 == 0 {
             return Err(protocol("client frames must be masked"));
         }
@@ -245,18 +264,19 @@ impl Decoder {
                 let Some(msg) = self.message.as_ref() else {
                     return Err(protocol("continuation frame without a message to continue"));
                 };
-                self.check_size(msg.buf.len() as u64, len)?;
+                self.check_size(msg.buf.len() as u64, len, msg.compressed)?;
             }
             OP_TEXT | OP_BINARY => {
                 if self.message.is_some() {
                     return Err(protocol("new message before the fragmented one ended"));
                 }
-                self.check_size(0, len)?;
+                self.check_size(0, len, rsv1)?;
                 self.message = Some(Assembly {
                     text: opcode == OP_TEXT,
                     // Grown as bytes arrive: a declared length is not trusted with memory.
                     buf: BytesMut::with_capacity((len as usize).min(16 * 1024)),
                     valid: 0,
+                    compressed: rsv1,
                 });
             }
             _ => return Err(protocol("reserved opcode")),
@@ -271,8 +291,13 @@ impl Decoder {
         Ok(())
     }
 
-    fn check_size(&self, have: u64, more: u64) -> Result<(), ProtocolError> {
-        if have.saturating_add(more) > self.max_message as u64 {
+    fn check_size(&self, have: u64, more: u64, compressed: bool) -> Result<(), ProtocolError> {
+        let mut max = self.max_message as u64;
+        if compressed {
+            // Deflate data can exceed what it inflates to by 5 bytes per 64 KiB stored block.
+            max = max.saturating_add(max / 1024 + 64);
+        }
+        if have.saturating_add(more) > max {
             return Err(ProtocolError {
                 code: CloseCode::TOO_BIG,
                 reason: "message too big",
@@ -302,7 +327,19 @@ impl Decoder {
                 let Some(msg) = self.message.take() else {
                     return Ok(None);
                 };
-                let bytes = msg.buf.freeze();
+                let bytes = if msg.compressed {
+                    crate::deflate::inflate(&msg.buf, self.max_message)?
+                } else {
+                    msg.buf.freeze()
+                };
+                if msg.text && msg.compressed {
+                    if std::str::from_utf8(&bytes).is_err() {
+                        return Err(INVALID_UTF8);
+                    }
+                    return Ok(Some(Event::Message(Message::Text(Text::from_validated(
+                        bytes,
+                    )))));
+                }
                 if msg.text {
                     if msg.valid != bytes.len() {
                         return Err(INVALID_UTF8);
@@ -491,6 +528,67 @@ mod tests {
         assert_eq!(
             decode_all(&mut d, &stream).unwrap(),
             vec![Event::Message(Message::from("€"))]
+        );
+    }
+
+    #[cfg(feature = "deflate")]
+    #[test]
+    fn compressed_messages_inflate_and_rsv1_is_checked() {
+        let text = "dashboard ".repeat(100);
+        let plain = encode(OP_TEXT, text.as_bytes());
+        let compressed =
+            crate::deflate::OutFrame::new(plain).for_session(Some(&crate::deflate::Negotiated {
+                server_window: 15,
+                takeover: false,
+                stream: false,
+                min_size: 0,
+            }));
+        let body = &compressed[2..];
+        assert_eq!(compressed[0], 0xC1);
+        // Whole, and fragmented (RSV1 on the first frame only), in every split.
+        let mut stream = client_frame(0xC1, body, [1, 2, 3, 4]);
+        let (a, b) = body.split_at(body.len() / 2);
+        stream.extend(client_frame(0x41, a, [5, 6, 7, 8]));
+        stream.extend(client_frame(0x89, b"p", [5, 5, 5, 5]));
+        stream.extend(client_frame(0x80, b, [9, 9, 9, 9]));
+        for split in [1, 7, stream.len()] {
+            let mut d = Decoder::with_inflate(1 << 20, true);
+            let mut events = Vec::new();
+            for chunk in stream.chunks(split) {
+                events.extend(decode_all(&mut d, chunk).unwrap());
+            }
+            assert_eq!(
+                events,
+                vec![
+                    Event::Message(Message::from(text.as_str())),
+                    Event::Ping(Bytes::from_static(b"p")),
+                    Event::Message(Message::from(text.as_str())),
+                ]
+            );
+        }
+        let cases: Vec<(Vec<u8>, u16)> = vec![
+            (client_frame(0xC9, b"x", [1; 4]), 1002), // RSV1 on a ping
+            (client_frame(0xC8, b"", [1; 4]), 1002),  // RSV1 on a close
+            (
+                [client_frame(0x41, a, [1; 4]), client_frame(0xC0, b, [1; 4])].concat(),
+                1002,
+            ),
+            (client_frame(0xA1, b"x", [1; 4]), 1002), // RSV2
+            (client_frame(0xC1, &[0xFF, 0xFF], [1; 4]), 1007), // not deflate
+            (client_frame(0xC1, body, [1; 4]), 1009), // inflates past the limit
+        ];
+        for (bytes, code) in cases {
+            let mut d = Decoder::with_inflate(500, true);
+            let err = decode_all(&mut d, &bytes).unwrap_err();
+            assert_eq!(u16::from(err.code), code, "{bytes:02x?}: {}", err.reason);
+        }
+        // Without the extension, RSV1 is a protocol error.
+        let mut d = Decoder::with_inflate(1 << 20, false);
+        assert_eq!(
+            decode_all(&mut d, &client_frame(0xC1, body, [1; 4]))
+                .unwrap_err()
+                .code,
+            CloseCode::PROTOCOL_ERROR
         );
     }
 

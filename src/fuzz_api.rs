@@ -70,6 +70,12 @@ impl FrameDecoder {
         FrameDecoder(frame::Decoder::new(max_message))
     }
 
+    /// A decoder for a connection that negotiated permessage-deflate: RSV1 messages are
+    /// inflated, the limit applying to their inflated size.
+    pub fn with_inflate(max_message: usize) -> Self {
+        FrameDecoder(frame::Decoder::with_inflate(max_message, true))
+    }
+
     /// Consumes bytes of `input` until one event completes or the input is used up: the bytes
     /// used and the event, or the close code and reason of a refusal.
     pub fn decode(&mut self, input: &[u8]) -> Result<(usize, Option<FrameEvent>), (u16, &str)> {
@@ -254,6 +260,8 @@ fn detached_session(hub: &Hub) -> Arc<SessionInner> {
         request,
         subprotocol: None,
         outbox: Outbox::new(&core.config, core.counters.clone()),
+        deflate: None,
+        following: AtomicU64::new(0),
         topics: Mutex::new(SessionTopics::default()),
         last_seen: AtomicU64::new(core.now_ms()),
         ping_sent: AtomicU64::new(0),

@@ -87,6 +87,8 @@ pub(crate) struct Accepted {
     pub(crate) subprotocol: Option<String>,
     pub(crate) accept_key: String,
     pub(crate) admission: Admission,
+    /// permessage-deflate: the session's parameters and the response's extension header.
+    pub(crate) deflate: Option<(crate::deflate::Negotiated, String)>,
 }
 
 impl Accepted {
@@ -99,6 +101,11 @@ impl Accepted {
         if let Some(p) = &self.subprotocol {
             out.push_str("Sec-WebSocket-Protocol: ");
             out.push_str(p);
+            out.push_str("\r\n");
+        }
+        if let Some((_, extensions)) = &self.deflate {
+            out.push_str("Sec-WebSocket-Extensions: ");
+            out.push_str(extensions);
             out.push_str("\r\n");
         }
         out.push_str("\r\n");
@@ -341,6 +348,7 @@ pub(crate) async fn policy(
             .select_subprotocol(&offered, &request)
             .filter(|p| offered.contains(&p.as_str()))
     };
+    let deflate = negotiate_deflate(core, &request);
     let compact = session_headers(request.headers());
     *request.headers_mut() = compact;
     Ok(Accepted {
@@ -348,7 +356,31 @@ pub(crate) async fn policy(
         request,
         subprotocol,
         admission,
+        deflate,
     })
+}
+
+/// permessage-deflate, unless the configuration or the session (a [`NoCompression`] put in
+/// the request's extensions by a hook) declines it.
+///
+/// [`NoCompression`]: crate::NoCompression
+#[cfg(feature = "deflate")]
+fn negotiate_deflate(
+    core: &Engine,
+    request: &Request,
+) -> Option<(crate::deflate::Negotiated, String)> {
+    if request.extensions().get::<crate::NoCompression>().is_some() {
+        return None;
+    }
+    crate::deflate::negotiate(&core.config, request.headers())
+}
+
+#[cfg(not(feature = "deflate"))]
+fn negotiate_deflate(
+    _core: &Engine,
+    _request: &Request,
+) -> Option<(crate::deflate::Negotiated, String)> {
+    None
 }
 
 pub(crate) fn unavailable(why: &'static str) -> Reject {

@@ -46,6 +46,7 @@
 //! | `client` | [`Client`]: a client that reconnects with exponential backoff and jitter, re-subscribes (with `since`, recovering what it missed, when the server speaks the envelope) and exposes its state; [`protocol::ServerMessage`] reads the envelope | `tokio-tungstenite` |
 //! | `redis`  | `RedisBackplane`: several nodes share broadcasts, topics, `send_to` and `close` through Redis pub/sub (see *Scale-out*) | `redis` |
 //! | `tls`    | `wss://` without a proxy: `Hub::serve_tls` takes a rustls `ServerConfig` (tokio-rustls with rustls's `ring` provider; rustls is re-exported as `wshub::rustls`); with `client`, [`Client`] connects to `wss://` URLs too | `tokio-rustls` |
+//! | `deflate` | permessage-deflate (RFC 7692): `Config::compression`, each publication compressed once and shared by every session that negotiated it; the size limit applies to inflated messages | `zlib-rs` |
 //! | `fuzzing` | internal: exposes the parsers to the fuzz targets in `fuzz/`; not a public API | — |
 //!
 //! ## The data path of one broadcast
@@ -152,6 +153,7 @@ pub mod backplane;
 mod client;
 mod config;
 mod connection;
+mod deflate;
 mod engine;
 mod error;
 mod frame;
@@ -184,6 +186,8 @@ pub use backplane::{RedisBackplane, RedisConfig};
 #[cfg_attr(docsrs, doc(cfg(feature = "client")))]
 pub use client::{Client, ClientBuilder, ClientSendError, ClientState, ConnectError};
 pub use config::{Config, SlowConsumerPolicy};
+#[cfg(feature = "deflate")]
+pub use deflate::{Compression, NoCompression};
 pub use engine::delivery::Delivery;
 pub use engine::history::{HistoryError, HistoryPolicy, Position, Recovered};
 pub use error::{FullOutcome, RemoteError, SendError, TopicError, validate_topic};

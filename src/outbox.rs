@@ -287,31 +287,63 @@ impl Outbox {
     /// frame once the data is out) until `buf` holds `max` bytes. When nothing is left, stores
     /// `waker` to be woken by the next push.
     pub(crate) fn drain(&self, buf: &mut Vec<u8>, max: usize, waker: &Waker) -> Drained {
+        let start = buf.len();
+        self.drain_with(max, waker, |f| {
+            buf.extend_from_slice(&f);
+            buf.len() - start
+        })
+    }
+
+    /// [`drain`](Self::drain), moving the frames themselves into `frames` (for a connection
+    /// that transforms them before writing, outside this lock).
+    #[cfg(feature = "deflate")]
+    pub(crate) fn drain_frames(
+        &self,
+        frames: &mut Vec<Bytes>,
+        max: usize,
+        waker: &Waker,
+    ) -> Drained {
+        let mut taken = 0;
+        self.drain_with(max, waker, |f| {
+            taken += f.len();
+            frames.push(f);
+            taken
+        })
+    }
+
+    /// The drain itself: `put` takes one frame and returns the bytes taken so far.
+    fn drain_with(
+        &self,
+        max: usize,
+        waker: &Waker,
+        mut put: impl FnMut(Bytes) -> usize,
+    ) -> Drained {
         let mut st = self.lock();
         let mut out = Drained::default();
         if matches!(st.phase, Phase::Aborted(_) | Phase::Gone) {
             Self::wake_room(&mut st);
             return out;
         }
+        let mut taken = 0;
         for pong in std::mem::take(&mut st.pongs) {
-            buf.extend_from_slice(&pong);
+            taken = put(pong);
             out.frames += 1;
         }
         if std::mem::take(&mut st.ping_due) {
-            buf.extend_from_slice(&frame::encode(frame::OP_PING, b""));
+            taken = put(frame::encode(frame::OP_PING, b""));
             out.frames += 1;
         }
-        while buf.len() < max {
+        while taken < max {
             let Some(f) = st.frames.pop_front() else {
                 break;
             };
             st.bytes -= f.len();
-            buf.extend_from_slice(&f);
+            taken = put(f);
             out.frames += 1;
         }
         if st.frames.is_empty() {
             if let Some(close) = st.close.take() {
-                buf.extend_from_slice(&close);
+                put(*close);
                 st.phase = Phase::CloseWritten;
                 out.frames += 1;
                 out.close_written = true;

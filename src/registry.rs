@@ -13,8 +13,11 @@ use std::sync::{Arc, Mutex, RwLock};
 
 use bytes::Bytes;
 
+use crate::deflate::OutFrame;
 use crate::engine::Delivery;
 use crate::error::TopicError;
+#[cfg(feature = "deflate")]
+use crate::outbox::Pushed;
 use crate::session::{SessionId, SessionInner};
 
 const SHARDS: usize = 16;
@@ -44,12 +47,21 @@ type IdMap<V> = HashMap<SessionId, V, BuildHasherDefault<IdHasher>>;
 pub(crate) struct Members {
     list: Vec<Arc<SessionInner>>,
     index: IdMap<usize>,
+    /// A member negotiated the topic compression mode: publications go through `stream`.
+    #[cfg(feature = "deflate")]
+    streamed: bool,
+    #[cfg(feature = "deflate")]
+    stream: Mutex<Option<Box<crate::deflate::TopicStream>>>,
 }
 
 impl Members {
     fn insert(&mut self, s: Arc<SessionInner>) -> bool {
         if self.index.contains_key(&s.id) {
             return false;
+        }
+        #[cfg(feature = "deflate")]
+        if s.deflate.is_some_and(|n| n.stream) {
+            self.streamed = true;
         }
         self.index.insert(s.id, self.list.len());
         self.list.push(s);
@@ -60,7 +72,13 @@ impl Members {
         let Some(i) = self.index.remove(&id) else {
             return false;
         };
-        self.list.swap_remove(i);
+        let _gone = self.list.swap_remove(i);
+        #[cfg(feature = "deflate")]
+        if let Some(stream) = lock(&self.stream).as_ref() {
+            // It stops following this topic's stream (and may enter another one).
+            let (epoch, following) = (stream.epoch(), &_gone.following);
+            let _ = following.compare_exchange(epoch, 0, Ordering::AcqRel, Ordering::Acquire);
+        }
         if let Some(moved) = self.list.get(i) {
             self.index.insert(moved.id, i);
         }
@@ -75,12 +93,68 @@ impl Members {
         self.list.len()
     }
 
-    fn deliver(&self, frame: &Bytes, except: Option<SessionId>, report: &mut Delivery) {
+    /// Pushes the frame into every member's outbox: the plain frame, or the compressed one
+    /// (computed at most once for all of them) to those that negotiated compression.
+    fn deliver(&self, frame: &OutFrame, except: Option<SessionId>, report: &mut Delivery) {
         for s in &self.list {
             if Some(s.id) != except {
-                report.count(s.outbox.push(frame.clone()));
+                report.count(s.outbox.push(frame.for_session(s.deflate.as_ref())));
             }
         }
+    }
+}
+
+#[cfg(feature = "deflate")]
+impl Members {
+    /// [`deliver`](Self::deliver) for a topic whose members follow its compression stream: the
+    /// publication is compressed once in the stream's context, under the stream's lock so that
+    /// every follower queues the stream's frames in the order they were compressed. Followers
+    /// get the compressed frame; subscribers waiting to enter get it at a restart; the others
+    /// get the plain frame (or the shared one, for sessions in the shared mode).
+    fn deliver_stream(&self, plain: &Bytes, except: Option<SessionId>, report: &mut Delivery) {
+        let frame = OutFrame::new(plain.clone());
+        let mut guard = lock(&self.stream);
+        if guard.is_none() {
+            let first = self
+                .list
+                .iter()
+                .find_map(|s| s.deflate.filter(|n| n.stream));
+            *guard = first.map(|n| Box::new(crate::deflate::TopicStream::new(&n)));
+        }
+        let Some(stream) = guard.as_mut() else {
+            return self.deliver(&frame, except, report);
+        };
+        let compressed = stream.compress(plain);
+        let mut waiting = false;
+        for s in &self.list {
+            if Some(s.id) == except {
+                continue;
+            }
+            let pushed = match (s.deflate, &compressed) {
+                (Some(n), Some((c, epoch, previous))) if n.stream => {
+                    let f = s.following.load(Ordering::Acquire);
+                    let enters = previous.is_some_and(|p| f == 0 || f == p)
+                        && (s.following)
+                            .compare_exchange(f, *epoch, Ordering::AcqRel, Ordering::Acquire)
+                            .is_ok();
+                    if f == *epoch || enters {
+                        let pushed = s.outbox.push(c.clone());
+                        if pushed != Pushed::Queued {
+                            // It missed a frame of the stream: out until the next restart.
+                            let (acq, rel) = (Ordering::Acquire, Ordering::AcqRel);
+                            let _ = s.following.compare_exchange(*epoch, 0, rel, acq);
+                        }
+                        pushed
+                    } else {
+                        waiting |= f == 0;
+                        s.outbox.push(plain.clone())
+                    }
+                }
+                _ => s.outbox.push(frame.for_session(s.deflate.as_ref())),
+            };
+            report.count(pushed);
+        }
+        stream.set_waiting(waiting);
     }
 }
 
@@ -270,8 +344,9 @@ impl Registry {
 
     pub(crate) fn deliver_all(&self, frame: &Bytes, except: Option<SessionId>) -> Delivery {
         let mut report = Delivery::default();
+        let frame = OutFrame::new(frame.clone());
         for shard in self.sessions.iter() {
-            read(shard).deliver(frame, except, &mut report);
+            read(shard).deliver(&frame, except, &mut report);
         }
         report
     }
@@ -284,7 +359,12 @@ impl Registry {
     ) -> Delivery {
         let mut report = Delivery::default();
         if let Some(members) = read(&self.topics[topic_shard(topic)]).get(topic) {
-            members.deliver(frame, except, &mut report);
+            #[cfg(feature = "deflate")]
+            if members.streamed {
+                members.deliver_stream(frame, except, &mut report);
+                return report;
+            }
+            members.deliver(&OutFrame::new(frame.clone()), except, &mut report);
         }
         report
     }

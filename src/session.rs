@@ -57,6 +57,11 @@ pub(crate) struct SessionInner {
     pub(crate) request: Request,
     pub(crate) subprotocol: Option<Box<str>>,
     pub(crate) outbox: Outbox,
+    /// The permessage-deflate parameters it negotiated, if any.
+    pub(crate) deflate: Option<crate::deflate::Negotiated>,
+    /// The topic compression stream this session follows (its epoch), 0 for none.
+    #[cfg_attr(not(feature = "deflate"), allow(dead_code))]
+    pub(crate) following: AtomicU64,
     pub(crate) topics: Mutex<SessionTopics>,
     /// Milliseconds since the hub started when the last frame arrived.
     pub(crate) last_seen: AtomicU64,

@@ -244,6 +244,17 @@ async fn the_page_is_updated_by_server_push_without_polling() {
             .unwrap(),
         1
     );
+    // With the deflate feature the dashboard compresses, and Chromium negotiates it.
+    let extensions = page
+        .execute("return window.dashboard.extensions", vec![])
+        .await
+        .unwrap();
+    let extensions = extensions.as_str().unwrap_or_default();
+    assert_eq!(
+        extensions.starts_with("permessage-deflate"),
+        cfg!(feature = "deflate"),
+        "negotiated extensions: {extensions:?}"
+    );
     let before = page
         .execute(
             "return [window.dashboard.board.seq, window.dashboard.stats.updates]",
@@ -501,6 +512,19 @@ async fn a_page_whose_connection_drops_shows_exactly_the_updates_it_missed() {
         .await
         .unwrap();
     assert_eq!(stats[0], true, "the page was reloaded");
+    // The replay came over a connection that negotiated compression again (with the feature).
+    let extensions = page
+        .execute("return window.dashboard.extensions", vec![])
+        .await
+        .unwrap();
+    assert_eq!(
+        extensions
+            .as_str()
+            .unwrap_or_default()
+            .starts_with("permessage-deflate"),
+        cfg!(feature = "deflate"),
+        "{extensions}"
+    );
     let stats = &stats[1];
     assert_eq!(stats["snapshots"], 1, "no new snapshot: {stats}");
     assert_eq!(stats["unrecoverable"], 0, "{stats}");

@@ -932,3 +932,140 @@ async fn duration_max_timeouts_wait_instead_of_overflowing() {
         Closed::server(1001, "server shutting down")
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// permessage-deflate
+
+/// Compressed-input attacks on a hub with compression on: each offender gets its close code
+/// (a decompression bomb 1009 with bounded memory, RSV1 on control and continuation frames
+/// 1002, invalid deflate data 1007, RSV1 after a declined offer 1002, a flood of tiny
+/// compressed messages 1008 from the rate limit), and the well-behaved client is served after
+/// each.
+#[cfg(feature = "deflate")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compressed_input_attacks_get_their_close_code_with_bounded_memory() {
+    use support::pmd::*;
+    const OFFER: &str = "permessage-deflate; client_max_window_bits";
+    let _serial = SERIAL.lock().await;
+    let config = quiet_config().compression(wshub::Compression::Shared);
+    let mut h = Seen::new(echo_hub(config).await);
+    let mut probe = Probe::connect(h.t.addr).await;
+    h.open().await;
+    let limit = h.t.hub.config().get_max_message_size();
+
+    // 1 GiB of zeros deflates to about 1 MiB; a quarter of it is enough to show the limit
+    // applies to the inflated size (256 MiB, in 256 KiB of input).
+    let mut d = new_deflate();
+    let chunk = vec![0u8; 1 << 20];
+    let mut bomb = Vec::new();
+    for _ in 0..255 {
+        let mut out = vec![0; 4096];
+        let before = d.total_out();
+        d.compress(&chunk, &mut out, zlib_rs::DeflateFlush::NoFlush)
+            .unwrap();
+        out.truncate((d.total_out() - before) as usize);
+        bomb.extend(out);
+    }
+    bomb.extend(compress_with(&mut d, &chunk));
+    assert!(bomb.len() < limit, "the bomb is {} bytes", bomb.len());
+    let body = compress(b"{\"a\":1}");
+    let (x, y) = body.split_at(2);
+    let cases: Vec<(&str, &str, Vec<u8>, u16)> = vec![
+        (
+            "a 256 MiB decompression bomb",
+            OFFER,
+            compressed_frame(true, OP_BINARY, &bomb),
+            1009,
+        ),
+        (
+            "RSV1 on a ping",
+            OFFER,
+            compressed_frame(true, OP_PING, b"x"),
+            1002,
+        ),
+        (
+            "RSV1 on a close",
+            OFFER,
+            compressed_frame(true, OP_CLOSE, &close_payload(1000, "")),
+            1002,
+        ),
+        (
+            "RSV1 on a continuation",
+            OFFER,
+            [
+                compressed_frame(false, OP_TEXT, x),
+                compressed_frame(true, OP_CONTINUATION, y),
+            ]
+            .concat(),
+            1002,
+        ),
+        (
+            "an invalid deflate stream",
+            OFFER,
+            compressed_frame(true, OP_TEXT, &[0xFF; 32]),
+            1007,
+        ),
+        (
+            "invalid UTF-8 once inflated",
+            OFFER,
+            compressed_frame(true, OP_TEXT, &compress(&[b'a', 0xFF, b'b'])),
+            1007,
+        ),
+        (
+            "RSV1 after an offer with a window of 7 was declined",
+            "permessage-deflate; server_max_window_bits=7",
+            compressed_frame(true, OP_TEXT, &body),
+            1002,
+        ),
+    ];
+    for (what, offer, frame, expected) in cases {
+        let (mut c, answer) = upgrade_offering(h.t.addr, offer).await;
+        assert_eq!(
+            answer.is_some(),
+            !offer.contains("=7"),
+            "{what}: {answer:?}"
+        );
+        let id = h.open().await;
+        let rss_before = vm_rss_kib();
+        let _ = c.stream.write_all(&frame).await;
+        let (code, reason) = c.read_close().await;
+        assert_eq!(code, expected, "{what}: {reason}");
+        assert_eq!(
+            h.close(id).await,
+            Closed::Server(expected, reason),
+            "{what}"
+        );
+        if let (Some(before), Some(after)) = (rss_before, vm_rss_kib()) {
+            // The limit (1 MiB) plus the inflater's buffers, nowhere near the bomb's size.
+            let grown = after.saturating_sub(before);
+            assert!(grown < 16 * 1024, "{what}: memory grew by {grown} KiB");
+        }
+        probe.check(&format!("after {what}")).await;
+    }
+
+    // A flood of tiny compressed messages: each costs an inflation, and the rate limit still
+    // closes the connection with 1008.
+    let (mut flooder, answer) = upgrade_offering(h.t.addr, OFFER).await;
+    assert!(answer.is_some());
+    h.open().await;
+    let tiny = compressed_frame(true, OP_TEXT, &compress(b"x"));
+    let flood = tiny.repeat(100_000);
+    let rss_before = vm_rss_kib();
+    let (read_half, mut write_half) = flooder.stream.into_split();
+    let writer = tokio::spawn(async move {
+        let _ = write_half.write_all(&flood).await;
+        write_half
+    });
+    probe.check("during the compressed flood").await;
+    flooder.stream = {
+        let write_half = within("the flood to be written", writer).await.unwrap();
+        read_half.reunite(write_half).unwrap()
+    };
+    let (_, (code, reason)) = flooder.read_until_close().await;
+    assert_eq!((code, reason.as_str()), (1008, "rate limit exceeded"));
+    if let (Some(before), Some(after)) = (rss_before, vm_rss_kib()) {
+        let grown = after.saturating_sub(before);
+        assert!(grown < 16 * 1024, "the flood grew memory by {grown} KiB");
+    }
+    probe.check("after the compressed flood").await;
+}

@@ -68,6 +68,16 @@ pub enum Transport {
 /// Opens `n` sessions of `hub`, each over its own stream, with a client handshake. Returns the
 /// client ends (each with the bytes read past the 101 response).
 pub async fn open_sessions(hub: &Hub, transport: Transport, n: usize) -> Vec<Client> {
+    open_sessions_offering(hub, transport, n, None).await
+}
+
+/// [`open_sessions`] whose clients send `Sec-WebSocket-Extensions: offer`.
+pub async fn open_sessions_offering(
+    hub: &Hub,
+    transport: Transport,
+    n: usize,
+    offer: Option<&str>,
+) -> Vec<Client> {
     let mut clients = Vec::with_capacity(n);
     match transport {
         Transport::Duplex => {
@@ -75,7 +85,7 @@ pub async fn open_sessions(hub: &Hub, transport: Transport, n: usize) -> Vec<Cli
                 let (client, server) = tokio::io::duplex(PIPE_BYTES);
                 let peer = SocketAddr::from((Ipv4Addr::LOCALHOST, 1 + (i % 60_000) as u16));
                 tokio::spawn(hub.accept(server, peer));
-                clients.push(Client::Duplex(handshake(client).await));
+                clients.push(Client::Duplex(handshake(client, offer).await));
             }
         }
         Transport::Tcp => {
@@ -96,7 +106,7 @@ pub async fn open_sessions(hub: &Hub, transport: Transport, n: usize) -> Vec<Cli
             for _ in 0..n {
                 let stream = TcpStream::connect(addr).await.expect("connect");
                 stream.set_nodelay(true).expect("TCP_NODELAY");
-                clients.push(Client::Tcp(handshake(stream).await));
+                clients.push(Client::Tcp(handshake(stream, offer).await));
             }
             within("the acceptor", acceptor).await.expect("acceptor");
         }
@@ -135,10 +145,16 @@ impl Client {
 
 /// Writes a valid upgrade request and reads the `101 Switching Protocols` response, checking
 /// its `Sec-WebSocket-Accept`.
-pub async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(mut io: S) -> Upgraded<S> {
+pub async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
+    mut io: S,
+    offer: Option<&str>,
+) -> Upgraded<S> {
+    let extensions = offer
+        .map(|o| format!("Sec-WebSocket-Extensions: {o}\r\n"))
+        .unwrap_or_default();
     let request = format!(
         "GET /bench HTTP/1.1\r\nHost: bench.local\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-         Sec-WebSocket-Key: {KEY}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+         Sec-WebSocket-Key: {KEY}\r\nSec-WebSocket-Version: 13\r\n{extensions}\r\n"
     );
     within("the upgrade", async {
         io.write_all(request.as_bytes())

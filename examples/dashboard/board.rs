@@ -529,6 +529,11 @@ impl Server {
             .max_messages_per_second(Some(20))
             .history(BOARD, HistoryPolicy::new(HISTORY_KEPT, Some(HISTORY_AGE)))
             .envelope(true);
+        // Board updates are JSON that deflate shrinks well, and much better with the previous
+        // updates as context: the board topic keeps one compression stream, each update is
+        // compressed once for every page following it (browsers all offer permessage-deflate).
+        #[cfg(feature = "deflate")]
+        let config = config.compression(wshub::Compression::Topic { window_bits: 12 });
         let handler = Dashboard {
             board: board.clone(),
         };

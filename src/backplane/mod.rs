@@ -28,10 +28,11 @@ use crate::session::SessionId;
 pub use crate::engine::history::HistoryRead;
 pub use node::LocalNode;
 pub(crate) use node::attach;
+#[cfg(feature = "redis")]
+pub(crate) use packet::origin;
 pub use packet::{Action, Packet, PacketError};
 pub(crate) use packet::{
     KIND_BROADCAST, KIND_PUBLISH, KIND_SEND, encode_close, encode_event, encode_message, node_of,
-    origin,
 };
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]

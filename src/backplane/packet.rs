@@ -213,6 +213,7 @@ pub(crate) fn message_of(opcode: u8, payload: &[u8]) -> Message {
 
 /// The node that published `bytes`, read from the header without decoding the rest; `None`
 /// when it is not a packet of this version.
+#[cfg(feature = "redis")]
 pub(crate) fn origin(bytes: &[u8]) -> Option<u16> {
     match bytes {
         [VERSION, _, _, a, b, ..] => Some(u16::from_be_bytes([*a, *b])),

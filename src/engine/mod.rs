@@ -108,7 +108,9 @@ impl Engine {
     // The delivery path.
 
     /// The one way a frame reaches this node's sessions: pushed into every recipient's
-    /// bounded outbox under the slow-consumer policy, counted, slow consumers logged.
+    /// bounded outbox under the slow-consumer policy (compressed once for all the sessions
+    /// that negotiated the same permessage-deflate parameters), counted, slow consumers
+    /// logged.
     pub(crate) fn deliver(&self, target: Target<'_>, frame: &Bytes) -> Delivery {
         let report = match target {
             Target::All { except } => self.registry.deliver_all(frame, except),
@@ -121,7 +123,9 @@ impl Engine {
     /// [`deliver`](Self::deliver) to one session (`send_to`, `Session::send`, and their
     /// twin from another node).
     pub(crate) fn deliver_to(&self, s: &SessionInner, frame: Bytes) -> Pushed {
-        let pushed = s.outbox.push(frame);
+        let pushed = s
+            .outbox
+            .push(crate::deflate::for_one(s.deflate.as_ref(), frame));
         let mut report = Delivery::default();
         report.count(pushed);
         self.account(&report, "");
@@ -136,6 +140,7 @@ impl Engine {
     ) -> Delivery {
         let mut report = Delivery::default();
         for frame in frames {
+            let frame = crate::deflate::for_one(s.deflate.as_ref(), frame);
             report.count(s.outbox.push(frame));
         }
         self.account(&report, " during a replay");

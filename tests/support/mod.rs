@@ -599,6 +599,8 @@ impl HttpResponse {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Frame {
     pub fin: bool,
+    /// RSV1: a compressed message (permessage-deflate).
+    pub rsv1: bool,
     pub opcode: u8,
     pub payload: Vec<u8>,
 }
@@ -844,6 +846,7 @@ fn parse_server_frame(b: &[u8]) -> Option<(Frame, usize)> {
     }
     let frame = Frame {
         fin: b[0] & 0x80 != 0,
+        rsv1: b[0] & 0x40 != 0,
         opcode: b[0] & 0x0F,
         payload: b[at..at + len].to_vec(),
     };
@@ -891,4 +894,82 @@ pub fn vm_rss_kib() -> Option<u64> {
 /// How many file descriptors the process has open (`/proc/self/fd`); `None` without procfs.
 pub fn open_fds() -> Option<usize> {
     Some(std::fs::read_dir("/proc/self/fd").ok()?.count())
+}
+
+// ---------------------------------------------------------------------------------------------
+// permessage-deflate (RFC 7692) on the client side of raw tests
+
+/// Raw deflate for a client's messages and an inflater for the hub's, on zlib-rs.
+#[cfg(feature = "deflate")]
+pub mod pmd {
+    use super::*;
+    use zlib_rs::{Deflate, DeflateConfig, DeflateFlush, Inflate, InflateFlush};
+
+    /// One message compressed without context: a sync flush without its `00 00 ff ff` tail.
+    pub fn compress(payload: &[u8]) -> Vec<u8> {
+        compress_with(&mut new_deflate(), payload)
+    }
+
+    pub fn new_deflate() -> Deflate {
+        Deflate::new_with_config(DeflateConfig {
+            window_bits: -15,
+            ..DeflateConfig::default()
+        })
+    }
+
+    /// One message compressed in `d`'s context.
+    pub fn compress_with(d: &mut Deflate, payload: &[u8]) -> Vec<u8> {
+        let mut out = vec![0; payload.len() + payload.len() / 100 + 1024];
+        let before = d.total_out();
+        d.compress(payload, &mut out, DeflateFlush::SyncFlush)
+            .expect("deflate");
+        out.truncate((d.total_out() - before) as usize);
+        assert!(out.ends_with(&[0, 0, 0xFF, 0xFF]), "not a sync flush");
+        out.truncate(out.len() - 4);
+        out
+    }
+
+    /// A client-side inflater; keep it across messages when the server keeps its context.
+    pub fn new_inflate() -> Inflate {
+        Inflate::new(false, 15)
+    }
+
+    /// Inflates one server message (appending the `00 00 ff ff` tail) in `inf`'s context.
+    pub fn inflate_with(inf: &mut Inflate, body: &[u8]) -> Vec<u8> {
+        let mut input = body.to_vec();
+        input.extend_from_slice(&[0, 0, 0xFF, 0xFF]);
+        let mut out = vec![0; 64 * 1024 + body.len() * 64];
+        let before = inf.total_out();
+        inf.decompress(&input, &mut out, InflateFlush::SyncFlush)
+            .expect("inflate");
+        out.truncate((inf.total_out() - before) as usize);
+        out
+    }
+
+    /// Inflates one message compressed without context.
+    pub fn inflate(body: &[u8]) -> Vec<u8> {
+        inflate_with(&mut new_inflate(), body)
+    }
+
+    /// Upgrades a raw client with `Sec-WebSocket-Extensions: offer`; returns the answer.
+    pub async fn upgrade_offering(addr: SocketAddr, offer: &str) -> (RawClient, Option<String>) {
+        let mut c = RawClient::connect(addr).await;
+        let r = c
+            .request(&upgrade_request(
+                addr,
+                "/",
+                &[("Sec-WebSocket-Extensions", offer)],
+            ))
+            .await;
+        assert_eq!(r.status, 101, "upgrade refused: {r:?}");
+        let answer = r.header("sec-websocket-extensions").map(str::to_string);
+        (c, answer)
+    }
+
+    /// A masked frame with RSV1 set on its first byte.
+    pub fn compressed_frame(fin: bool, opcode: u8, body: &[u8]) -> Vec<u8> {
+        let mut f = client_frame(fin, opcode, body);
+        f[0] |= 0x40;
+        f
+    }
 }
