@@ -123,6 +123,7 @@
 #[cfg_attr(docsrs, doc(cfg(feature = "axum")))]
 pub mod axum;
 mod backplane;
+pub mod browser;
 #[cfg(feature = "client")]
 mod client;
 mod config;
