@@ -73,6 +73,8 @@ export interface Events {
   error: (error: ServerError) => void;
   /** send() found the offline queue full: this message was not kept. */
   dropped: (e: { data: string | ArrayBuffer | ArrayBufferView; queued: number }) => void;
+  /** The server answered the client's liveness ping; `rtt` in ms when it was the latest one. */
+  pong: (e: { rtt: number | undefined }) => void;
 }
 
 export declare class Subscription {

@@ -54,6 +54,8 @@ export class Client {
     this.stableTimer = 0;
     this.lastReceived = 0;
     this.pinged = false;
+    this.pings = 0; // ids of the pings sent
+    this.pingedAt = 0;
     this.wake = () => this.retryNow();
     this.visible = () => document.visibilityState === "visible" && this.retryNow();
     if (typeof window !== "undefined") window.addEventListener("online", this.wake);
@@ -61,7 +63,10 @@ export class Client {
     this.open();
   }
 
-  /** Listens to "connecting", "open", "closed", "reconnecting", "message", "error", "dropped". */
+  /**
+   * Listens to "connecting", "open", "closed", "reconnecting", "message", "error", "dropped",
+   * "pong"; returns a function that removes the listener.
+   */
   on(event, listener) {
     if (!this.listeners.has(event)) this.listeners.set(event, new Set());
     this.listeners.get(event).add(listener);
@@ -214,7 +219,10 @@ export class Client {
       const reason = `no message for ${silent} ms`;
       return this.lost(4000, reason, false);
     } else if (silent >= pingInterval) {
-      if (!this.pinged) this.write({ type: "ping" });
+      if (!this.pinged) {
+        this.pingedAt = Date.now();
+        this.write({ type: "ping", id: ++this.pings });
+      }
       this.pinged = true;
       next = pingInterval + pongTimeout - silent;
     } else {
@@ -247,7 +255,7 @@ export class Client {
       case "leave":
         return sub && sub.call("onLeave", { id: m.id });
       case "pong":
-        return;
+        return this.emit("pong", { rtt: m.id === this.pings ? Date.now() - this.pingedAt : undefined });
       case "presence":
         if (Array.isArray(m.present)) return this.answerPresence(m.topic, (w) => w.resolve(m.present));
         break;
