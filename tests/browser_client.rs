@@ -27,6 +27,9 @@ use wshub::{
 
 #[path = "support/chromium.rs"]
 mod chromium;
+#[allow(dead_code, reason = "the example's main is not run here; its hub is")]
+#[path = "../examples/browser/main.rs"]
+mod example;
 
 use chromium::{Browser, ONE_BROWSER, chromium};
 
@@ -1057,4 +1060,72 @@ async fn ten_thousand_publications_leave_no_growth_and_no_error() {
 
     browser.quit().await;
     lab.stop().await;
+}
+
+#[tokio::test]
+async fn the_minimal_example_page_shows_publications_and_survives_a_drop_and_a_restart() {
+    let _one = ONE_BROWSER.lock().await;
+    let Some((chrome, driver)) = chromium() else {
+        return;
+    };
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let hub = example::hub();
+    let serve = tokio::spawn(hub.clone().serve(listener));
+    let browser = Browser::launch(&chrome, &driver).await;
+    let page = &browser.client;
+    page.goto(&format!("http://{addr}/")).await.unwrap();
+    let state = "document.getElementById('state').textContent";
+    let items = "[...document.querySelectorAll('#log li')].map(li => li.textContent)";
+    until(page, "the page connected", &format!("{state} === 'open'")).await;
+    // The page subscribes right after opening; publish once the hub has it.
+    within("the page's subscription", async {
+        while hub.subscriber_count("ticks") == 0 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    hub.publish("ticks", "a");
+    hub.publish("ticks", "b");
+    until(page, "two items", &format!("{items}.length === 2")).await;
+
+    // The server drops the page's connection and publishes at once: the page gets it once.
+    let id = (1..100)
+        .map(SessionId::from_u64)
+        .find(|id| hub.session(*id).is_some())
+        .expect("the page's session");
+    hub.close(id, wshub::CloseCode::GOING_AWAY, "dropped by the test")
+        .unwrap();
+    hub.publish("ticks", "c");
+    until(page, "the missed item", &format!("{items}.length === 3")).await;
+    assert_eq!(
+        js(page, &format!("return {items}")).await,
+        json!(["#3: c", "#2: b", "#1: a"])
+    );
+
+    // A restart: new history, so the page starts over with the new server's publications.
+    hub.shutdown(Duration::from_secs(1)).await;
+    let _ = serve.await;
+    let listener = TcpListener::bind(addr).await.unwrap();
+    let hub = example::hub();
+    let serve = tokio::spawn(hub.clone().serve(listener));
+    within("the page back", async {
+        while hub.subscriber_count("ticks") == 0 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    until(
+        page,
+        "the stale items cleared",
+        &format!("{items}.length === 0"),
+    )
+    .await;
+    hub.publish("ticks", "d");
+    until(page, "the new item", &format!("{items}.length === 1")).await;
+    assert_eq!(js(page, &format!("return {items}")).await, json!(["#1: d"]));
+
+    browser.quit().await;
+    hub.shutdown(Duration::from_secs(1)).await;
+    let _ = serve.await;
 }
