@@ -1129,3 +1129,130 @@ async fn the_minimal_example_page_shows_publications_and_survives_a_drop_and_a_r
     hub.shutdown(Duration::from_secs(1)).await;
     let _ = serve.await;
 }
+
+#[tokio::test]
+#[ignore = "needs the server side of ping and presence (PROTOCOL.md), landing on main"]
+async fn a_quiet_connection_that_answers_pings_stays_open() {
+    let _one = ONE_BROWSER.lock().await;
+    let lab = LabServer::start(([127, 0, 0, 1], 0).into()).await;
+    let Some(browser) = open_lab(&lab, &[]).await else {
+        return;
+    };
+    let page = &browser.client;
+    // Dead after 200 + 200 ms of silence, unless the server answers the pings.
+    let options = json!({ "pingInterval": 200, "pongTimeout": 200 });
+    js(
+        page,
+        &format!(
+            "return lab('a', {:?}, {options}) && labs.a.sub('h:quiet')",
+            lab.ws()
+        ),
+    )
+    .await;
+    until(page, "five pongs", "labs.a.pongs >= 5").await;
+    let counts = js(
+        page,
+        "return [labs.a.count('connecting'), labs.a.count('closed')]",
+    )
+    .await;
+    assert_eq!(counts, json!([1, 0]), "the quiet connection was replaced");
+    assert_no_page_errors(page).await;
+
+    browser.quit().await;
+    lab.stop().await;
+}
+
+#[tokio::test]
+#[ignore = "needs the server side of ping and presence (PROTOCOL.md), landing on main"]
+async fn presence_lists_who_is_here_and_reports_joins_and_leaves() {
+    let _one = ONE_BROWSER.lock().await;
+    let lab = LabServer::start(([127, 0, 0, 1], 0).into()).await;
+    let Some(browser) = open_lab(&lab, &[]).await else {
+        return;
+    };
+    let page = &browser.client;
+    let ws = lab.ws();
+    js(
+        page,
+        &format!("return lab('alice', '{ws}?name=alice') && labs.alice.sub('room:1')"),
+    )
+    .await;
+    until(
+        page,
+        "alice in",
+        "labs.alice.subscribed['room:1'].length === 1",
+    )
+    .await;
+    js(
+        page,
+        &format!("return lab('bob', '{ws}?name=bob') && labs.bob.sub('room:1')"),
+    )
+    .await;
+    until(page, "bob in", "labs.bob.subscribed['room:1'].length === 1").await;
+    let join = until(
+        page,
+        "alice told that bob joined",
+        "labs.alice.joins.find(j => j.info === 'bob')",
+    )
+    .await;
+    let bob = join["id"]
+        .as_str()
+        .expect("a session id as a string")
+        .to_string();
+    assert_eq!(join["topic"], "room:1");
+
+    // Who is here, as the server sees it.
+    js(
+        page,
+        "labs.alice.client.presence('room:1').then(p => window.present = p, e => window.present = e.code); return true",
+    )
+    .await;
+    let present = until(page, "the presence answer", "window.present").await;
+    let mut names: Vec<(String, String)> = present
+        .as_array()
+        .unwrap_or_else(|| panic!("not a list: {present}"))
+        .iter()
+        .map(|m| {
+            (
+                m["info"].as_str().unwrap().into(),
+                m["id"].as_str().unwrap().into(),
+            )
+        })
+        .collect();
+    names.sort();
+    assert_eq!(names.len(), 2, "{present}");
+    assert_eq!(names[0].0, "alice");
+    assert_eq!(names[1], ("bob".to_string(), bob.clone()));
+    let in_hub: Vec<String> = lab
+        .hub
+        .presence("room:1")
+        .await
+        .unwrap()
+        .iter()
+        .map(|e| e.id.as_u64().to_string())
+        .collect();
+    assert!(in_hub.contains(&bob), "{in_hub:?}");
+
+    // Bob leaves: alice is told.
+    js(page, "labs.bob.client.close(); return true").await;
+    let leave = until(
+        page,
+        "alice told that bob left",
+        &format!("labs.alice.leaves.find(l => l.id === '{bob}')"),
+    )
+    .await;
+    assert_eq!(leave["topic"], "room:1");
+
+    // A topic without presence: the request is refused with the server's code.
+    js(
+        page,
+        "labs.alice.client.presence('h:none').then(p => window.refused = p, e => window.refused = e.code); return true",
+    )
+    .await;
+    let refused = until(page, "the refusal", "window.refused").await;
+    assert_eq!(refused, "presence_disabled");
+    assert_no_page_errors(page).await;
+
+    browser.quit().await;
+    lab.stop().await;
+}
