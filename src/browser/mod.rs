@@ -185,6 +185,18 @@ mod tests {
         assert_ne!(etag_of("a"), etag_of("b"));
     }
 
+    /// The README states the size of wshub.js; this keeps it true.
+    #[test]
+    fn the_readme_states_the_size_of_the_script() {
+        let n = SCRIPT.text.len();
+        let size = format!("{},{:03} bytes", n / 1000, n % 1000);
+        let readme = include_str!("../../README.md");
+        assert!(
+            readme.contains(&size),
+            "README.md should say wshub.js is {size}"
+        );
+    }
+
     #[test]
     fn a_list_of_tags_or_a_weak_tag_also_matches() {
         let list = format!("\"x\", {}", SCRIPT.etag);
