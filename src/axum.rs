@@ -59,9 +59,10 @@ use http::{HeaderValue, StatusCode, header};
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 
+use crate::engine::TaskGuard;
 use crate::handler::Reject;
 use crate::handshake::{self, Accepted, Head};
-use crate::hub::{Hub, TaskGuard};
+use crate::hub::Hub;
 
 /// A `GET` route that upgrades requests to sessions of `hub`; mount it with
 /// [`Router::route`](axum::Router::route). Other methods get axum's 405.
@@ -119,7 +120,7 @@ where
 /// # Cancel safety
 /// Dropping the future before it completes refuses the upgrade; no session is started.
 pub async fn upgrade(hub: &Hub, request: Request) -> Response {
-    let core = &hub.core;
+    let core = &hub.engine;
     let (mut parts, _body) = request.into_parts();
     let peer = match parts.extensions.get::<ConnectInfo<SocketAddr>>() {
         Some(ConnectInfo(peer)) => *peer,
@@ -154,7 +155,7 @@ pub async fn upgrade(hub: &Hub, request: Request) -> Response {
     let task = TaskGuard::new(core);
     let hub = hub.clone();
     tokio::spawn(async move {
-        let upgraded = tokio::time::timeout(hub.core.config.handshake_timeout, on_upgrade).await;
+        let upgraded = tokio::time::timeout(hub.engine.config.handshake_timeout, on_upgrade).await;
         match upgraded {
             Ok(Ok(io)) => {
                 crate::connection::serve_session(hub, TokioIo::new(io), accepted, Bytes::new())
@@ -200,7 +201,7 @@ where
 
 /// Counts and logs a refused handshake and turns it into its response.
 fn refuse(hub: &Hub, peer: SocketAddr, reject: Reject) -> Response {
-    hub.core.counters.refused.fetch_add(1, Ordering::Relaxed);
+    hub.engine.counters.refused.fetch_add(1, Ordering::Relaxed);
     let why = std::str::from_utf8(&reject.body).unwrap_or("");
     tracing::debug!(%peer, status = %reject.status, why, "upgrade refused");
     reject.into_response()

@@ -20,9 +20,9 @@ use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::{self, client::IntoClientRequest};
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
-use crate::history::Position;
-use crate::json;
+use crate::engine::history::Position;
 use crate::message::{Message, Text};
+use crate::protocol::{self, ServerMessage};
 
 type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
 type TopicMessage = dyn Fn(&str) -> Message + Send + Sync;
@@ -72,13 +72,14 @@ type Positions = Arc<Mutex<HashMap<String, Position>>>;
 /// received (same epoch, offset not newer) is not passed on again. When the server cannot
 /// replay (its history was lost, e.g. it restarted, or the gap is older than what it keeps) it
 /// answers `unrecoverable`: the stream yields that message, which
-/// [`ServerMessage::parse`] reads as [`ServerMessage::Unrecoverable`], and the application
+/// [`ServerMessage::parse`](crate::protocol::ServerMessage::parse) reads as [`ServerMessage::Unrecoverable`](crate::protocol::ServerMessage::Unrecoverable), and the application
 /// reloads the topic's state by other means. Every envelope message is passed on as received
-/// (text); parse it with [`ServerMessage::parse`]. With a custom
+/// (text); parse it with [`ServerMessage::parse`](crate::protocol::ServerMessage::parse). With a custom
 /// [`subscribe_message`](ClientBuilder::subscribe_message) no `since` is sent.
 ///
 /// ```no_run
-/// use wshub::{Client, ServerMessage};
+/// use wshub::Client;
+/// use wshub::protocol::ServerMessage;
 ///
 /// # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
 /// let mut client = Client::connect("ws://127.0.0.1:8080/ws").await?;
@@ -348,8 +349,8 @@ impl Client {
             max_backoff: Duration::from_secs(30),
             connect_timeout: Duration::from_secs(10),
             queue_capacity: 1024,
-            subscribe: Arc::new(|topic| json_topic_message("subscribe", topic)),
-            unsubscribe: Arc::new(|topic| json_topic_message("unsubscribe", topic)),
+            subscribe: Arc::new(|topic| Message::text(protocol::command_subscribe(topic, None))),
+            unsubscribe: Arc::new(|topic| Message::text(protocol::command_unsubscribe(topic))),
             custom_subscribe: false,
         }
     }
@@ -465,167 +466,8 @@ impl fmt::Debug for Client {
     }
 }
 
-/// `{"type":"<kind>","topic":"<topic>"}`, the topic escaped as a JSON string.
-fn json_topic_message(kind: &str, topic: &str) -> Message {
-    let mut out = format!(r#"{{"type":"{kind}","topic":""#);
-    for c in topic.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            c if u32::from(c) < 0x20 => out.push_str(&format!("\\u{:04x}", u32::from(c))),
-            c => out.push(c),
-        }
-    }
-    out.push_str("\"}");
-    Message::text(out)
-}
-
-/// `{"type":"subscribe","topic":…,"since":{"epoch":"…","offset":…}}` (PROTOCOL.md).
-fn json_subscribe_since(topic: &str, since: Position) -> Message {
-    let mut out = String::from(r#"{"type":"subscribe","topic":"#);
-    json::write_str(&mut out, topic);
-    out.push_str(&format!(
-        r#","since":{{"epoch":"{}","offset":{}}}}}"#,
-        since.epoch, since.offset
-    ));
-    Message::text(out)
-}
-
 fn lock(positions: &Positions) -> MutexGuard<'_, HashMap<String, Position>> {
     positions.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-/// A message of the server's JSON envelope (`PROTOCOL.md`), as read by
-/// [`ServerMessage::parse`] from what [`Client::recv`] returns.
-///
-/// ```
-/// use wshub::{Message, Position, ServerMessage};
-/// let m = Message::from(r#"{"type":"pub","topic":"board","epoch":"7","offset":18,"data":"hi"}"#);
-/// match ServerMessage::parse(&m) {
-///     Some(ServerMessage::Pub { topic, position, data, .. }) => {
-///         assert_eq!((topic.as_str(), position), ("board", Some(Position::new(7, 18))));
-///         assert_eq!(data.as_text(), Some("hi"));
-///     }
-///     other => panic!("{other:?}"),
-/// }
-/// let m = Message::from(r#"{"type":"unrecoverable","topic":"board","position":{"epoch":"9","offset":4}}"#);
-/// assert!(matches!(ServerMessage::parse(&m), Some(ServerMessage::Unrecoverable { .. })));
-/// assert_eq!(ServerMessage::parse(&Message::from("plain text")), None);
-/// ```
-#[derive(Debug, Clone, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum ServerMessage {
-    /// `pub`: one publication to `topic`.
-    Pub {
-        /// The topic.
-        topic: String,
-        /// Its position; `None` for a topic without history.
-        position: Option<Position>,
-        /// What was published: text from `data`, binary from `data_base64`.
-        data: Message,
-    },
-    /// `subscribed`: the answer to a subscribe; when `recovered`, exactly `replayed`
-    /// publications follow, then the live ones.
-    Subscribed {
-        /// The topic.
-        topic: String,
-        /// Whether `since` was served.
-        recovered: bool,
-        /// Publications replayed.
-        replayed: u64,
-        /// The position the subscription starts from (`None` without history).
-        position: Option<Position>,
-    },
-    /// `unrecoverable`: `since` could not be served and nothing was replayed. Reload the
-    /// topic's state; live publications follow `position`.
-    Unrecoverable {
-        /// The topic.
-        topic: String,
-        /// The topic's current position (`None` without history).
-        position: Option<Position>,
-    },
-}
-
-impl ServerMessage {
-    /// Reads an envelope message; `None` for anything else (binary, other JSON, malformed).
-    pub fn parse(message: &Message) -> Option<ServerMessage> {
-        let text = message.as_text()?;
-        if !text.trim_start().starts_with('{') {
-            return None;
-        }
-        let v = json::parse(text)?;
-        let topic = v.get("topic")?.as_str()?.to_owned();
-        let position_of = |p: Option<&json::Value>| match p {
-            None | Some(json::Value::Null) => Some(None),
-            Some(p) => Some(Some(Position::new(
-                p.get("epoch")?.as_u64()?,
-                p.get("offset")?.as_u64()?,
-            ))),
-        };
-        match v.get("type")?.as_str()? {
-            "pub" => {
-                let position = match v.get("epoch") {
-                    None => None,
-                    Some(e) => Some(Position::new(e.as_u64()?, v.get("offset")?.as_u64()?)),
-                };
-                let data = match (v.get("data"), v.get("data_base64")) {
-                    (Some(d), _) => Message::text(d.as_str()?.to_owned()),
-                    (None, Some(b)) => Message::binary(decode_base64(b.as_str()?)?),
-                    (None, None) => return None,
-                };
-                Some(ServerMessage::Pub {
-                    topic,
-                    position,
-                    data,
-                })
-            }
-            "subscribed" => Some(ServerMessage::Subscribed {
-                topic,
-                recovered: matches!(v.get("recovered"), Some(json::Value::Bool(true))),
-                replayed: v.get("replayed").and_then(json::Value::as_u64).unwrap_or(0),
-                position: position_of(v.get("position"))?,
-            }),
-            "unrecoverable" => Some(ServerMessage::Unrecoverable {
-                topic,
-                position: position_of(v.get("position"))?,
-            }),
-            _ => None,
-        }
-    }
-}
-
-/// Standard base64 with padding (RFC 4648 §4); `None` when malformed.
-fn decode_base64(s: &str) -> Option<Vec<u8>> {
-    let b = s.as_bytes();
-    if b.len() % 4 != 0 {
-        return None;
-    }
-    let value = |c: u8| -> Option<u32> {
-        Some(match c {
-            b'A'..=b'Z' => c - b'A',
-            b'a'..=b'z' => c - b'a' + 26,
-            b'0'..=b'9' => c - b'0' + 52,
-            b'+' => 62,
-            b'/' => 63,
-            _ => return None,
-        } as u32)
-    };
-    let mut out = Vec::with_capacity(b.len() / 4 * 3);
-    for (i, chunk) in b.chunks(4).enumerate() {
-        let last = i + 1 == b.len() / 4;
-        let pad = chunk.iter().rev().take_while(|c| **c == b'=').count();
-        if pad > 2 || (pad > 0 && !last) {
-            return None;
-        }
-        let mut n = 0u32;
-        for &c in &chunk[..4 - pad] {
-            n = (n << 6) | value(c)?;
-        }
-        n <<= 6 * pad as u32;
-        let bytes = [(n >> 16) as u8, (n >> 8) as u8, n as u8];
-        out.extend_from_slice(&bytes[..3 - pad]);
-    }
-    Some(out)
 }
 
 /// What the handle asks of the connection task.
@@ -907,7 +749,9 @@ impl Task {
     /// position is known and the message format is the default one.
     fn resubscribe_message(&self, topic: &str) -> Message {
         match lock(&self.positions).get(topic) {
-            Some(p) if !self.settings.custom_subscribe => json_subscribe_since(topic, *p),
+            Some(p) if !self.settings.custom_subscribe => {
+                Message::text(protocol::command_subscribe(topic, Some(*p)))
+            }
             _ => (self.settings.subscribe)(topic),
         }
     }
@@ -1041,17 +885,20 @@ mod tests {
 
     #[test]
     fn subscribe_since_matches_the_protocol() {
-        let m = json_subscribe_since("bo\"ard", Position::new(u64::MAX, 17));
+        let m = Message::text(protocol::command_subscribe(
+            "bo\"ard",
+            Some(Position::new(u64::MAX, 17)),
+        ));
         assert_eq!(
             m.as_text(),
             Some(
                 r#"{"type":"subscribe","topic":"bo\"ard","since":{"epoch":"18446744073709551615","offset":17}}"#
             )
         );
-        let command = crate::ClientCommand::parse(&m).unwrap();
+        let command = protocol::ClientCommand::parse(&m).unwrap();
         assert_eq!(
             command,
-            crate::ClientCommand::Subscribe {
+            protocol::ClientCommand::Subscribe {
                 topic: "bo\"ard".into(),
                 since: Some(Position::new(u64::MAX, 17))
             }
@@ -1059,22 +906,7 @@ mod tests {
     }
 
     #[test]
-    fn server_messages_parse_and_base64_round_trips() {
-        for raw in [
-            &b""[..],
-            b"f",
-            b"fo",
-            b"foo",
-            b"foob",
-            b"\x00\xff\x10binary",
-        ] {
-            let mut enc = String::new();
-            json::write_base64(&mut enc, raw);
-            assert_eq!(decode_base64(&enc).as_deref(), Some(raw), "{enc}");
-        }
-        for bad in ["A", "A===", "AB=C", "Zg==Zg==", "Z!=="] {
-            assert_eq!(decode_base64(bad), None, "{bad}");
-        }
+    fn server_messages_parse() {
         let m = Message::from(
             r#"{"type":"pub","topic":"b","epoch":"3","offset":2,"data_base64":"AAEC"}"#,
         );
@@ -1106,7 +938,7 @@ mod tests {
 
     #[test]
     fn default_subscribe_message_is_escaped_json() {
-        let m = json_topic_message("subscribe", "a\"b\\c\u{1}");
+        let m = Message::text(protocol::command_subscribe("a\"b\\c\u{1}", None));
         assert_eq!(
             m.as_text(),
             Some(r#"{"type":"subscribe","topic":"a\"b\\c\u0001"}"#)

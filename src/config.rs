@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use crate::history::HistoryPolicy;
+use crate::engine::history::HistoryPolicy;
 
 /// What a session's full outbound queue does with one more message.
 ///
@@ -66,6 +66,7 @@ pub struct Config {
     pub(crate) history: Vec<(String, HistoryPolicy)>,
     pub(crate) presence: Vec<String>,
     pub(crate) envelope: bool,
+    pub(crate) max_topics_per_session: usize,
 }
 
 /// The longest timeout kept; see [`Config`].
@@ -96,6 +97,7 @@ impl Default for Config {
             history: Vec::new(),
             presence: Vec::new(),
             envelope: false,
+            max_topics_per_session: 1024,
         }
     }
 }
@@ -134,6 +136,19 @@ impl Config {
     #[must_use]
     pub fn max_queue_messages(mut self, messages: usize) -> Self {
         self.max_queue_messages = messages.max(1);
+        self
+    }
+
+    /// The topics one session may be subscribed to at once. Default: 1,024.
+    ///
+    /// Each subscription costs memory on this node (and, with a backplane, a channel); without
+    /// a limit one client subscribing to random names at the inbound rate limit would grow
+    /// the node's memory for as long as it stays. A subscribe beyond it is refused with
+    /// [`TopicError::TooManyTopics`](crate::TopicError::TooManyTopics) (an `error` message
+    /// with code `too_many_topics` in the JSON protocol). Values below 1 are taken as 1.
+    #[must_use]
+    pub fn max_topics_per_session(mut self, topics: usize) -> Self {
+        self.max_topics_per_session = topics.max(1);
         self
     }
 

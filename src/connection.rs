@@ -19,10 +19,11 @@ use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tracing::Instrument;
 
+use crate::engine::{Engine, TaskGuard};
 use crate::frame::{Decoder, Event, ProtocolError};
 use crate::handler::CloseReason;
 use crate::handshake::{self, Accepted, Refused};
-use crate::hub::{Core, Hub, TaskGuard};
+use crate::hub::Hub;
 use crate::message::{CloseCode, CloseFrame, Message};
 use crate::outbox::{Abort, Outbox};
 use crate::registry::SessionTopics;
@@ -48,7 +49,7 @@ where
     // The handshake is boxed so its state (request buffer, timers, hooks) is freed once it is
     // done; the session's future is awaited straight from the expression that builds it, so
     // the task is sized for the session alone and holds no second copy of it.
-    let upgrading = Box::pin(upgrade(hub.core.clone(), io, peer));
+    let upgrading = Box::pin(upgrade(hub.engine.clone(), io, peer));
     async move {
         let Some((io, accepted, rest)) = upgrading.await else {
             return;
@@ -59,7 +60,7 @@ where
 }
 
 /// The HTTP upgrade within the handshake timeout: `Some` once the 101 response is written.
-async fn upgrade<S>(core: Arc<Core>, mut io: S, peer: SocketAddr) -> Option<(S, Accepted, Bytes)>
+async fn upgrade<S>(core: Arc<Engine>, mut io: S, peer: SocketAddr) -> Option<(S, Accepted, Bytes)>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
@@ -103,7 +104,7 @@ where
 
 /// Writes the `101 Switching Protocols` response within the handshake timeout.
 async fn write_upgrade<S>(
-    core: &Core,
+    core: &Engine,
     mut io: S,
     (accepted, rest): (Accepted, Bytes),
 ) -> Option<(S, Accepted, Bytes)>
@@ -136,7 +137,7 @@ pub(crate) fn serve_session<S>(
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let core = hub.core.clone();
+    let core = hub.engine.clone();
     core.start_timer();
     let Accepted {
         request,
@@ -172,12 +173,8 @@ struct Registered(Session);
 
 impl Drop for Registered {
     fn drop(&mut self) {
-        let (inner, core) = (&self.0.inner, &self.0.hub.core);
-        inner.outbox.finish();
-        crate::presence::session_ending(&self.0);
-        if core.registry.remove(inner) {
-            core.registry.release(inner.request.peer_addr().ip());
-        }
+        self.0.inner.outbox.finish();
+        self.0.hub.engine.session_ended(&self.0);
     }
 }
 
@@ -195,14 +192,14 @@ where
     // A plain `async fn` would store its arguments twice (as arguments and as locals).
     async move {
         let session = &registered.0;
-        let handler = &*session.hub.core.handler;
+        let handler = &*session.hub.engine.handler;
         tracing::debug!(id = %session.id(), peer = %session.peer_addr(), path = session.path(), "session open");
         let mut driven = conn.drive(handler.open(session)).await;
         let reason = loop {
             if driven == Driven::Panicked {
                 tracing::error!(id = %session.id(), "handler panicked; closing the session with 1011");
                 let frame = CloseFrame::new(CloseCode::INTERNAL, "internal error");
-                session.hub.core.close_session(&session.inner, frame);
+                session.hub.engine.close_session(&session.inner, frame);
             }
             let message = match poll_fn(|cx| conn.poll_event(cx)).await {
                 Step::Message(m) => m,
@@ -213,7 +210,7 @@ where
         drop(conn);
         let session = registered.0.clone();
         drop(registered);
-        let core = &session.hub.core;
+        let core = &session.hub.engine;
         core.counters.closed(&reason);
         tracing::debug!(id = %session.id(), %reason, "session closed");
         let closing = AssertUnwindSafe(core.handler.on_close(&session, reason));
@@ -253,7 +250,7 @@ enum Driven {
 struct Connection<S> {
     io: S,
     session: Arc<SessionInner>,
-    core: Arc<Core>,
+    core: Arc<Engine>,
     decoder: Decoder,
     /// Received bytes not yet decoded (after an event ended mid-read).
     input: Bytes,
@@ -275,7 +272,7 @@ struct Connection<S> {
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
-    fn new(io: S, session: Arc<SessionInner>, core: Arc<Core>, input: Bytes) -> Self {
+    fn new(io: S, session: Arc<SessionInner>, core: Arc<Engine>, input: Bytes) -> Self {
         let tokens = f64::from(core_rate(&core));
         let refilled_at = core.coarse_ms();
         Connection {
@@ -581,7 +578,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
     }
 }
 
-fn core_rate(core: &Core) -> u32 {
+fn core_rate(core: &Engine) -> u32 {
     core.config.max_messages_per_second.unwrap_or(0)
 }
 

@@ -29,7 +29,7 @@ pub enum SendError {
         outcome: FullOutcome,
     },
     /// The session belongs to another node of the cluster and the message could not be handed
-    /// to the [`Backplane`](crate::Backplane) for it: see [`RemoteError`] for why. Nothing was
+    /// to the [`Backplane`](crate::backplane::Backplane) for it: see [`RemoteError`] for why. Nothing was
     /// sent. Retry later, or tell the caller the message was not delivered.
     #[error("session {id} is on another node, which could not be reached: {error}")]
     Remote {
@@ -40,7 +40,7 @@ pub enum SendError {
     },
 }
 
-/// Why a message for other nodes was not handed to the [`Backplane`](crate::Backplane).
+/// Why a message for other nodes was not handed to the [`Backplane`](crate::backplane::Backplane).
 ///
 /// Found in [`Remote::Failed`](crate::Remote::Failed) (the `remote` field of a
 /// [`Delivery`](crate::Delivery)) and in [`SendError::Remote`]. The sessions of this node got
@@ -103,6 +103,14 @@ pub enum TopicError {
     /// No session with this id is connected to this hub.
     #[error("no session {0}")]
     NotFound(SessionId),
+    /// The session is already subscribed to
+    /// [`Config::max_topics_per_session`](crate::Config::max_topics_per_session) topics.
+    /// Unsubscribe from one first, or raise the limit.
+    #[error("subscribed to {limit} topics already")]
+    TooManyTopics {
+        /// The limit in force.
+        limit: usize,
+    },
 }
 
 /// Checks a topic name: 1 to 255 bytes, no control characters.

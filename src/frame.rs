@@ -45,6 +45,11 @@ pub(crate) fn encode(opcode: u8, payload: &[u8]) -> Bytes {
 }
 
 /// Frames a data message.
+/// A text frame holding `text`.
+pub(crate) fn encode_text(text: &str) -> Bytes {
+    encode(OP_TEXT, text.as_bytes())
+}
+
 pub(crate) fn encode_message(msg: &Message) -> Bytes {
     encode(msg.opcode(), msg.as_bytes())
 }

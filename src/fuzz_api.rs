@@ -20,10 +20,11 @@ use http::uri::PathAndQuery;
 use http::{HeaderMap, Method};
 use tokio::io::{AsyncRead, ReadBuf};
 
+use crate::engine::Delivery;
 use crate::frame::{self, Event};
 use crate::handler::{Handler, Request};
 use crate::handshake::{self, Refused};
-use crate::hub::{Delivery, Hub};
+use crate::hub::Hub;
 use crate::message::{CloseCode, CloseFrame, Message};
 use crate::outbox::Outbox;
 use crate::registry::SessionTopics;
@@ -123,7 +124,7 @@ impl Handler for Defaults {}
 /// If the handshake waits on anything: with these inputs every step is ready at once.
 pub fn handshake(config: Config, chunks: &[&[u8]], peer: SocketAddr) -> Handshake {
     let hub = Hub::builder(Defaults).config(config).build();
-    let core = hub.core.clone();
+    let core = hub.engine.clone();
     let mut io = Chunks { chunks, at: 0 };
     let outcome = ready(async {
         let (head, rest) = handshake::read_head(&mut io, core.config.max_handshake_bytes).await?;
@@ -206,12 +207,21 @@ impl Topics {
 
     /// `Session::subscribe` for session `i`.
     pub fn subscribe(&self, i: usize, topic: &str) -> Result<bool, TopicError> {
-        self.hub.core.registry.subscribe(&self.sessions[i], topic)
+        let joined = self
+            .hub
+            .engine
+            .registry
+            .subscribe(&self.sessions[i], topic)?;
+        Ok(joined.added)
     }
 
     /// `Session::unsubscribe` for session `i`.
     pub fn unsubscribe(&self, i: usize, topic: &str) -> bool {
-        self.hub.core.registry.unsubscribe(&self.sessions[i], topic)
+        self.hub
+            .engine
+            .registry
+            .unsubscribe(&self.sessions[i], topic)
+            .removed
     }
 
     /// The topics session `i` is in.
@@ -226,12 +236,12 @@ impl Topics {
 
     /// What a session's end does: out of every topic and the registry; true the first time.
     pub fn remove(&self, i: usize) -> bool {
-        self.hub.core.registry.remove(&self.sessions[i])
+        self.hub.engine.registry.remove(&self.sessions[i]).is_some()
     }
 }
 
 fn detached_session(hub: &Hub) -> Arc<SessionInner> {
-    let core = &hub.core;
+    let core = &hub.engine;
     let peer = SocketAddr::from(([127, 0, 0, 1], 1));
     let request = Request::new(
         Method::GET,
@@ -270,7 +280,7 @@ pub struct Derived {
 pub fn derive(config: Config) -> Derived {
     let hub = Hub::builder(Defaults).config(config).build();
     let s = detached_session(&hub);
-    let core = &hub.core;
+    let core = &hub.engine;
     let timer_tick = core.config.timer_tick();
     let now_ms = core.now_ms();
     core.close_session(&s, CloseFrame::new(CloseCode::NORMAL, "fuzz"));

@@ -11,8 +11,8 @@ use http::uri::PathAndQuery;
 use http::{Method, StatusCode, Uri, Version};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
+use crate::engine::Engine;
 use crate::handler::{Reject, Request};
-use crate::hub::Core;
 use crate::registry::Refusal;
 
 /// The most header lines an upgrade request may have.
@@ -62,7 +62,7 @@ impl From<Reject> for Refused {
 /// A place among `max_sessions` (and the peer's `max_sessions_per_ip`), held from the
 /// capacity check until the session is registered; the session then owns it.
 pub(crate) struct Admission {
-    core: Option<Arc<Core>>,
+    core: Option<Arc<Engine>>,
     ip: IpAddr,
 }
 
@@ -248,7 +248,7 @@ pub(crate) fn upgrade_required(why: &'static str) -> Reject {
 ///
 /// [`Handler::http`]: crate::Handler::http
 pub(crate) async fn negotiate(
-    core: &Arc<Core>,
+    core: &Arc<Engine>,
     head: Head,
     peer: SocketAddr,
 ) -> Result<Accepted, Refused> {
@@ -268,7 +268,7 @@ pub(crate) async fn negotiate(
 /// The handshake policy for an upgrade request: protocol checks, capacity, origin,
 /// authorization, subprotocol.
 pub(crate) async fn policy(
-    core: &Arc<Core>,
+    core: &Arc<Engine>,
     head: Head,
     peer: SocketAddr,
 ) -> Result<Accepted, Reject> {

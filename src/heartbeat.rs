@@ -6,11 +6,11 @@
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
 
-use crate::hub::Core;
+use crate::engine::Engine;
 use crate::message::{CloseCode, CloseFrame};
 use crate::outbox::Abort;
 
-pub(crate) async fn run(core: Weak<Core>) {
+pub(crate) async fn run(core: Weak<Engine>) {
     let Some(tick) = core.upgrade().map(|c| c.config.timer_tick()) else {
         return;
     };
@@ -23,7 +23,7 @@ pub(crate) async fn run(core: Weak<Core>) {
     }
 }
 
-fn sweep(core: &Arc<Core>) {
+fn sweep(core: &Arc<Engine>) {
     let cfg = &core.config;
     let now = core.tick();
     let ping_interval = cfg.ping_interval.map(|d| d.as_millis() as u64);

@@ -1,27 +1,26 @@
-//! The handle users hold: sending, broadcasting, publishing, serving and shutting down.
+//! The handle users hold: sending, broadcasting, publishing, serving and shutting down. Every
+//! operation is one call into the [`Engine`](crate::engine), which does the work.
 
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::pin;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Once};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
-use tokio::sync::{Notify, watch};
 
-use crate::backplane::{self, Backplane, Remote};
+use crate::backplane::{Backplane, BackplaneError};
 use crate::config::Config;
-use crate::error::{FullOutcome, SendError, TopicError};
-use crate::frame;
+use crate::engine::history::{HistoryError, Position};
+use crate::engine::{Delivery, Engine, TaskGuard};
+use crate::error::{SendError, TopicError};
 use crate::handler::Handler;
-use crate::message::{CloseCode, CloseFrame, Message};
-use crate::outbox::{Abort, Pushed};
-use crate::registry::Registry;
-use crate::session::{Session, SessionId, SessionInner};
-use crate::stats::{Counters, Stats};
+use crate::message::{CloseCode, Message};
+use crate::protocol::PresenceEntry;
+use crate::session::{Session, SessionId};
+use crate::stats::Stats;
 
 /// The registry of live sessions and the way to reach them: a cheap, cloneable handle.
 ///
@@ -51,49 +50,8 @@ use crate::stats::{Counters, Stats};
 /// application state without naming the handler type.
 #[derive(Clone)]
 pub struct Hub {
-    pub(crate) core: Arc<Core>,
+    pub(crate) engine: Arc<Engine>,
 }
-
-/// What a broadcast or publish did, counted per recipient on this node, and what became of
-/// it for the other nodes of a cluster (`remote`).
-///
-/// Nothing is lost without being counted: every matching session of this node is either in
-/// `queued`, `dropped` or `disconnected`; the sessions of other nodes are counted there.
-///
-/// ```
-/// # fn f(hub: &wshub::Hub) {
-/// let report = hub.broadcast("tick");
-/// if report.dropped + report.disconnected > 0 {
-///     eprintln!("{} slow clients missed a tick", report.dropped + report.disconnected);
-/// }
-/// # }
-/// ```
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct Delivery {
-    /// Sessions the message was queued for. Queued is not delivered: a session may still end
-    /// before its queue is written.
-    pub queued: usize,
-    /// Messages discarded: recipients whose queue was full under
-    /// [`DropNewest`](crate::SlowConsumerPolicy::DropNewest), older messages discarded under
-    /// [`DropOldest`](crate::SlowConsumerPolicy::DropOldest), and recipients already closing.
-    pub dropped: usize,
-    /// Recipients closed with 1008 under
-    /// [`Disconnect`](crate::SlowConsumerPolicy::Disconnect) because their queue was full.
-    pub disconnected: usize,
-    /// Whether the message was handed to the [`Backplane`] for the other nodes:
-    /// [`Remote::NotConfigured`] on a hub without one, [`Remote::Failed`] when the other nodes
-    /// will not get it.
-    pub remote: Remote,
-    /// The publication's place in its topic's history, for a topic with
-    /// [history](crate::Config::history) on a single node. `None` for other topics, for
-    /// broadcasts, and with a backplane that keeps history, where the position is assigned by
-    /// the shared log after `publish` returns: [`Hub::publish_confirmed`] waits for it.
-    pub position: Option<crate::Position>,
-}
-
-/// How long [`Hub::publish_confirmed`] waits for a shared log to number a publication.
-const CONFIRM_WAIT: Duration = Duration::from_secs(5);
 
 /// Builds a [`Hub`] with a [`Config`].
 ///
@@ -152,29 +110,9 @@ impl HubBuilder {
 
     /// Builds the hub. No task is started until the first session opens.
     pub fn build(self) -> Hub {
-        let (stop, _) = watch::channel(false);
-        let hook = backplane::interest_hook(&self.backplane);
-        let hub = Hub {
-            core: Arc::new(Core {
-                registry: Registry::new(self.node).with_interest_hook(hook),
-                backplane: self.backplane,
-                histories: Default::default(),
-                presence: Default::default(),
-                counters: Arc::default(),
-                config: self.config,
-                handler: self.handler,
-                epoch: Instant::now(),
-                clock_ms: std::sync::atomic::AtomicU64::new(1),
-                stop,
-                shutting_down: AtomicBool::new(false),
-                shutdown_deadline_ms: std::sync::atomic::AtomicU64::new(0),
-                tasks: AtomicUsize::new(0),
-                tasks_idle: Notify::new(),
-                timer: Once::new(),
-            }),
-        };
-        backplane::attach(&hub.core);
-        hub
+        Hub {
+            engine: Engine::new(self.config, self.handler, self.node, self.backplane),
+        }
     }
 }
 
@@ -196,7 +134,7 @@ impl Hub {
 
     /// The configuration in force.
     pub fn config(&self) -> &Config {
-        &self.core.config
+        &self.engine.config
     }
 
     /// Accepts connections from `listener` until [`shutdown`](Self::shutdown), each in its own
@@ -219,7 +157,7 @@ impl Hub {
         listener: TcpListener,
         mut spawn: impl FnMut(tokio::net::TcpStream, SocketAddr),
     ) -> io::Result<()> {
-        let mut stopped = pin!(self.core.stopped());
+        let mut stopped = pin!(self.engine.stopped());
         let mut backoff = Duration::from_millis(5);
         loop {
             tokio::select! {
@@ -259,7 +197,7 @@ impl Hub {
     where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
-        let task = TaskGuard::new(&self.core);
+        let task = TaskGuard::new(&self.engine);
         crate::connection::run(self.clone(), stream, peer, task)
     }
 
@@ -285,15 +223,7 @@ impl Hub {
     /// # }
     /// ```
     pub fn send_to(&self, id: SessionId, message: impl Into<Message>) -> Result<(), SendError> {
-        let message = message.into();
-        if let Some(forwarded) = backplane::send_to(&self.core, id, &message) {
-            return forwarded;
-        }
-        let frame = frame::encode_message(&message);
-        match self.core.registry.with(id, |s| s.outbox.push(frame)) {
-            Some(pushed) => self.core.push_result(id, pushed),
-            None => Err(SendError::NotFound(id)),
-        }
+        self.engine.send_to(id, &message.into())
     }
 
     /// Queues `message` for every session. The frame is built once and shared.
@@ -302,22 +232,12 @@ impl Hub {
     /// The per-recipient counts of this node, and whether the other nodes' part was handed to
     /// the backplane; see [`Delivery`].
     pub fn broadcast(&self, message: impl Into<Message>) -> Delivery {
-        let message = message.into();
-        let frame = frame::encode_message(&message);
-        let mut report = self.core.registry.deliver_all(&frame, None);
-        self.core.counters.delivery(&report);
-        report.remote = backplane::broadcast(&self.core, None, &message);
-        report
+        self.engine.broadcast(None, &message.into())
     }
 
     /// Queues `message` for every session but `except` (typically the sender).
     pub fn broadcast_except(&self, except: SessionId, message: impl Into<Message>) -> Delivery {
-        let message = message.into();
-        let frame = frame::encode_message(&message);
-        let mut report = self.core.registry.deliver_all(&frame, Some(except));
-        self.core.counters.delivery(&report);
-        report.remote = backplane::broadcast(&self.core, Some(except), &message);
-        report
+        self.engine.broadcast(Some(except), &message.into())
     }
 
     /// Queues `message` for every subscriber of `topic`.
@@ -329,18 +249,7 @@ impl Hub {
     /// # }
     /// ```
     pub fn publish(&self, topic: &str, message: impl Into<Message>) -> Delivery {
-        let message = message.into();
-        if !self.core.config.plain_publish() {
-            if let Some(policy) = self.core.config.history_policy(topic) {
-                return crate::history::publish(&self.core, topic, message, policy, None);
-            }
-        }
-        // Plain, or in the envelope when the config asks for it.
-        let frame = crate::history::frame_for(&self.core, topic, None, &message);
-        let mut report = self.core.registry.deliver_topic(topic, &frame, None);
-        self.core.counters.delivery(&report);
-        report.remote = backplane::publish(&self.core, topic, &message);
-        report
+        self.engine.publish(topic, message.into())
     }
 
     /// [`publish`](Self::publish), then waits for the publication's [`Position`](crate::Position)
@@ -365,18 +274,7 @@ impl Hub {
     /// ```
     ///
     pub async fn publish_confirmed(&self, topic: &str, message: impl Into<Message>) -> Delivery {
-        let message = message.into();
-        let Some(policy) = self.core.config.history_policy(topic) else {
-            return self.publish(topic, message);
-        };
-        if !crate::history::shared_log(&self.core) {
-            return self.publish(topic, message);
-        }
-        let (confirm, position) = crate::backplane::Confirm::new();
-        let mut report = crate::history::publish(&self.core, topic, message, policy, Some(confirm));
-        let numbered = tokio::time::timeout(CONFIRM_WAIT, position).await;
-        report.position = numbered.ok().and_then(Result::ok);
-        report
+        self.engine.publish_confirmed(topic, message.into()).await
     }
 
     /// The publications of `topic` after `since` (every one kept when `None`), in order, with
@@ -399,21 +297,18 @@ impl Hub {
     pub async fn history(
         &self,
         topic: &str,
-        since: Option<crate::Position>,
-    ) -> Result<Vec<(crate::Position, Message)>, crate::HistoryError> {
-        crate::history::read(&self.core, topic, since).await
+        since: Option<Position>,
+    ) -> Result<Vec<(Position, Message)>, HistoryError> {
+        crate::engine::read_history(&self.engine, topic, since).await
     }
 
     /// The sessions subscribed to `topic`, on every node with a backplane that keeps presence
     /// (Redis), for topics with [presence](crate::Config::presence); empty for other topics.
     ///
     /// # Errors
-    /// [`BackplaneError`](crate::BackplaneError) when the shared state cannot be read.
-    pub async fn presence(
-        &self,
-        topic: &str,
-    ) -> Result<Vec<crate::PresenceEntry>, crate::BackplaneError> {
-        crate::presence::read(&self.core, topic).await
+    /// [`BackplaneError`] when the shared state cannot be read.
+    pub async fn presence(&self, topic: &str) -> Result<Vec<PresenceEntry>, BackplaneError> {
+        self.engine.presence(topic).await
     }
 
     /// Subscribes session `id` to `topic`; `Ok(false)` when already subscribed or closing.
@@ -438,20 +333,12 @@ impl Hub {
     /// [`SendError::NotFound`], [`SendError::Closing`] when it is already closing, and
     /// [`SendError::InvalidCloseCode`] for a code that may not be sent.
     pub fn close(&self, id: SessionId, code: CloseCode, reason: &str) -> Result<(), SendError> {
-        if !code.is_sendable() {
-            return Err(SendError::InvalidCloseCode(code));
-        }
-        let frame = CloseFrame::new(code, reason);
-        if let Some(forwarded) = backplane::close(&self.core, id, &frame) {
-            return forwarded;
-        }
-        let s = self.core.registry.get(id).ok_or(SendError::NotFound(id))?;
-        self.core.close_by_app(&s, code, reason)
+        self.engine.close(id, code, reason)
     }
 
     /// The session with this id, if it is connected.
     pub fn session(&self, id: SessionId) -> Option<Session> {
-        let inner = self.core.registry.get(id)?;
+        let inner = self.engine.registry.get(id)?;
         Some(Session {
             inner,
             hub: self.clone(),
@@ -460,29 +347,30 @@ impl Hub {
 
     /// How many sessions are connected.
     pub fn session_count(&self) -> usize {
-        self.core.registry.len()
+        self.engine.registry.len()
     }
 
     /// How many sessions are subscribed to `topic`.
     pub fn subscriber_count(&self, topic: &str) -> usize {
-        self.core.registry.topic_len(topic)
+        self.engine.registry.topic_len(topic)
     }
 
     /// The topics with at least one subscriber, sorted.
     pub fn topics(&self) -> Vec<String> {
-        self.core.registry.topic_names()
+        self.engine.registry.topic_names()
     }
 
     /// A snapshot of the hub's counters, cheap enough to take every second.
     pub fn stats(&self) -> Stats {
-        self.core
-            .counters
-            .snapshot(self.core.registry.len(), self.core.registry.topic_count())
+        self.engine.counters.snapshot(
+            self.engine.registry.len(),
+            self.engine.registry.topic_count(),
+        )
     }
 
     /// Whether [`shutdown`](Self::shutdown) has started.
     pub fn is_shutting_down(&self) -> bool {
-        self.core.shutting_down.load(Ordering::Acquire)
+        self.engine.is_shutting_down()
     }
 
     /// Shuts the hub down gracefully.
@@ -496,33 +384,7 @@ impl Hub {
     /// Dropping the returned future early leaves the shutdown in progress: sessions still close
     /// by their `close_timeout`, but connections are not force-dropped at `deadline`.
     pub async fn shutdown(&self, deadline: Duration) {
-        let core = &self.core;
-        // Saturating: `Duration::MAX` ("wait as long as it takes") must not wrap into the past.
-        let until = core
-            .now_ms()
-            .saturating_add(deadline.as_millis().try_into().unwrap_or(u64::MAX));
-        core.shutdown_deadline_ms.store(until, Ordering::Release);
-        core.shutting_down.store(true, Ordering::Release);
-        core.stop.send_replace(true);
-        tracing::info!(sessions = core.registry.len(), "shutting down");
-        let going_away = CloseFrame::new(CloseCode::GOING_AWAY, "server shutting down");
-        core.registry.for_each(|s| {
-            core.close_session(s, going_away.clone());
-        });
-        if tokio::time::timeout(deadline, core.tasks_finished())
-            .await
-            .is_err()
-        {
-            let left = core.registry.len();
-            tracing::warn!(
-                sessions = left,
-                "shutdown deadline passed; dropping the rest"
-            );
-            core.registry
-                .for_each(|s| s.outbox.abort(Abort::CloseTimeout));
-            core.tasks_finished().await;
-        }
-        tracing::info!("shutdown complete");
+        self.engine.shutdown(deadline).await
     }
 }
 
@@ -534,153 +396,10 @@ impl std::fmt::Debug for Hub {
     }
 }
 
-impl Core {
-    /// Counts one push to one session and turns it into `send_to`'s result.
-    pub(crate) fn push_result(&self, id: SessionId, pushed: Pushed) -> Result<(), SendError> {
-        if pushed == Pushed::Disconnected {
-            tracing::info!(%id, "slow consumer: queue full, closing with 1008");
-        }
-        let mut report = Delivery::default();
-        report.count(pushed);
-        self.counters.delivery(&report);
-        push_result(id, pushed)
-    }
-}
-
-fn push_result(id: SessionId, pushed: Pushed) -> Result<(), SendError> {
-    match pushed {
-        Pushed::Queued => Ok(()),
-        Pushed::Closed => Err(SendError::Closing(id)),
-        other => Err(SendError::Full {
-            id,
-            outcome: other.full_outcome().unwrap_or(FullOutcome::Disconnected),
-        }),
-    }
-}
-
 fn is_transient(e: &io::Error) -> bool {
     use io::ErrorKind::*;
     matches!(
         e.kind(),
         ConnectionAborted | ConnectionReset | Interrupted | WouldBlock | OutOfMemory
     ) || matches!(e.raw_os_error(), Some(23 | 24 | 105 | 12)) // ENFILE, EMFILE, ENOBUFS, ENOMEM
-}
-
-/// State shared by every handle and connection of one hub.
-pub(crate) struct Core {
-    pub(crate) config: Config,
-    pub(crate) handler: Arc<dyn Handler>,
-    pub(crate) registry: Registry,
-    pub(crate) counters: Arc<Counters>,
-    pub(crate) backplane: Option<Arc<dyn Backplane>>,
-    pub(crate) histories: crate::history::Histories,
-    pub(crate) presence: crate::presence::Presence,
-    epoch: Instant,
-    clock_ms: std::sync::atomic::AtomicU64,
-    stop: watch::Sender<bool>,
-    shutting_down: AtomicBool,
-    shutdown_deadline_ms: std::sync::atomic::AtomicU64,
-    tasks: AtomicUsize,
-    tasks_idle: Notify,
-    timer: Once,
-}
-
-impl Core {
-    /// Milliseconds since the hub was built, plus one (0 means "never").
-    pub(crate) fn now_ms(&self) -> u64 {
-        self.epoch.elapsed().as_millis() as u64 + 1
-    }
-
-    /// [`now_ms`](Self::now_ms) as of the heartbeat timer's last tick (a quarter of the
-    /// shortest timeout, at most a second, behind): free to read on every message, and
-    /// precise enough for liveness and the inbound rate limit.
-    pub(crate) fn coarse_ms(&self) -> u64 {
-        self.clock_ms.load(Ordering::Relaxed)
-    }
-
-    /// Advances the coarse clock (the heartbeat timer, on every tick).
-    pub(crate) fn tick(&self) -> u64 {
-        let now = self.now_ms();
-        self.clock_ms.store(now, Ordering::Relaxed);
-        now
-    }
-
-    pub(crate) fn is_shutting_down(&self) -> bool {
-        self.shutting_down.load(Ordering::Acquire)
-    }
-
-    /// Resolves once shutdown has started.
-    pub(crate) fn stopped(&self) -> impl Future<Output = ()> + Send + 'static {
-        let mut stop = self.stop.subscribe();
-        async move {
-            // The guard `wait_for` returns is dropped here, not held by the caller.
-            let _ = stop.wait_for(|stopped| *stopped).await.map(|_| ());
-        }
-    }
-
-    /// An application's close: the code must be sendable.
-    pub(crate) fn close_by_app(
-        &self,
-        s: &SessionInner,
-        code: CloseCode,
-        reason: &str,
-    ) -> Result<(), SendError> {
-        if !code.is_sendable() {
-            return Err(SendError::InvalidCloseCode(code));
-        }
-        if self.close_session(s, CloseFrame::new(code, reason)) {
-            Ok(())
-        } else {
-            Err(SendError::Closing(s.id))
-        }
-    }
-
-    /// Queues a close frame for `s` and sets when it is dropped regardless.
-    pub(crate) fn close_session(&self, s: &SessionInner, frame: CloseFrame) -> bool {
-        if !s.outbox.close(frame) {
-            return false;
-        }
-        let mut deadline = self.now_ms() + self.config.close_timeout.as_millis() as u64;
-        if self.is_shutting_down() {
-            deadline = self.shutdown_deadline_ms.load(Ordering::Acquire);
-        }
-        s.close_deadline.store(deadline, Ordering::Release);
-        true
-    }
-
-    /// Starts the hub's heartbeat timer on first use (it needs a runtime).
-    pub(crate) fn start_timer(self: &Arc<Self>) {
-        self.timer.call_once(|| {
-            tokio::spawn(crate::heartbeat::run(Arc::downgrade(self)));
-        });
-    }
-
-    async fn tasks_finished(&self) {
-        loop {
-            let mut idle = pin!(self.tasks_idle.notified());
-            idle.as_mut().enable();
-            if self.tasks.load(Ordering::Acquire) == 0 {
-                return;
-            }
-            idle.await;
-        }
-    }
-}
-
-/// Counts a live connection task, for [`Hub::shutdown`].
-pub(crate) struct TaskGuard(Arc<Core>);
-
-impl TaskGuard {
-    pub(crate) fn new(core: &Arc<Core>) -> Self {
-        core.tasks.fetch_add(1, Ordering::AcqRel);
-        TaskGuard(core.clone())
-    }
-}
-
-impl Drop for TaskGuard {
-    fn drop(&mut self) {
-        if self.0.tasks.fetch_sub(1, Ordering::AcqRel) == 1 {
-            self.0.tasks_idle.notify_waiters();
-        }
-    }
 }

@@ -43,28 +43,38 @@
 //! |----------|--------------|--------------------|
 //! | *(none)* | [`Hub`], [`Handler`], [`Session`], [`Hub::serve`] on a `TcpListener`, [`Hub::accept`] on any byte stream, [`Handler::http`] for plain HTTP on the same port, [`Stats`] with [`Stats::to_prometheus`] | — |
 //! | `axum`   | [`axum::endpoint`] and [`axum::upgrade`]: mount the hub at a route of an axum 0.8 `Router`, so REST and push share one port | `axum`, `hyper`, `hyper-util` |
-//! | `client` | [`Client`]: a client that reconnects with exponential backoff and jitter, re-subscribes (with `since`, recovering what it missed, when the server speaks the envelope) and exposes its state; [`ServerMessage`] reads the envelope | `tokio-tungstenite` |
+//! | `client` | [`Client`]: a client that reconnects with exponential backoff and jitter, re-subscribes (with `since`, recovering what it missed, when the server speaks the envelope) and exposes its state; [`protocol::ServerMessage`] reads the envelope | `tokio-tungstenite` |
 //! | `redis`  | `RedisBackplane`: several nodes share broadcasts, topics, `send_to` and `close` through Redis pub/sub (see *Scale-out*) | `redis` |
 //! | `tls`    | `wss://` without a proxy: `Hub::serve_tls` takes a rustls `ServerConfig` (tokio-rustls with rustls's `ring` provider; rustls is re-exported as `wshub::rustls`) | `tokio-rustls` |
 //! | `fuzzing` | internal: exposes the parsers to the fuzz targets in `fuzz/`; not a public API | — |
 //!
 //! ## The data path of one broadcast
 //!
-//! `hub.broadcast(msg)` ([`hub.rs`](Hub)) frames the message **once** into a shared
-//! [`bytes::Bytes`]; the registry (`registry.rs`) walks the sessions, shard by shard under a
-//! read lock, and pushes a reference-counted clone of that frame into each session's bounded
-//! outbox (`outbox.rs`); the first push wakes the session's connection task
-//! (`connection.rs`), which drains everything queued into one buffer and writes it with one
-//! system call. So under load there is one write per session per wake-up, not one per
-//! message, and the payload is copied only into the socket's write buffer.
+//! The file layout follows it (`ARCHITECTURE.md` has the whole map):
+//!
+//! 1. `hub.rs` — [`Hub::broadcast`] is one call into the engine.
+//! 2. `engine/mod.rs` — the engine frames the message **once** into a shared
+//!    [`bytes::Bytes`] and hands it to its one delivery path, `Engine::deliver`, which every
+//!    sender uses (`Hub`, [`Session`], history replay, and what other nodes send through the
+//!    backplane), so counting, slow-consumer handling and logging are written once; then
+//!    `engine/forward.rs` hands the message, encoded once, to the [`backplane`] for the other
+//!    nodes.
+//! 3. `registry.rs` — the sessions, shard by shard under a read lock: a reference-counted
+//!    clone of the frame is pushed into each session's outbox.
+//! 4. `outbox.rs` — a bounded queue per session; the first push wakes the session's task.
+//! 5. `connection.rs` — one task per socket drains everything queued into one buffer and
+//!    writes it with one system call.
+//!
+//! So under load there is one write per session per wake-up, not one per message, and the
+//! payload is copied only into the socket's write buffer.
 //!
 //! - **Bounded.** Each session's queue is limited in bytes and messages
 //!   ([`Config::max_queue_bytes`], [`Config::max_queue_messages`]). When it is full, the
 //!   [`SlowConsumerPolicy`] applies — disconnect with 1008 (default), drop the newest, or drop
 //!   the oldest — and the sender learns what happened: [`SendError::Full`] from `send_to`, the
 //!   counts of a [`Delivery`] from `broadcast`/`publish`. Nothing is dropped uncounted.
-//! - **Never blocking.** Sending is a synchronous push; no registry lock is held across an
-//!   `.await`, and a stalled client only ever fills its own queue.
+//! - **Never blocking.** Sending is a synchronous push; no lock is held across an `.await`,
+//!   and a stalled client only ever fills its own queue.
 //! - **Ordered.** Messages to one session are written in the order they were queued;
 //!   [`Handler::on_message`] runs in arrival order per session and concurrently across
 //!   sessions.
@@ -72,6 +82,19 @@
 //!   a handler, shutdown) the session leaves the registry and every topic once, then
 //!   [`Handler::on_close`] runs once.
 //!
+//! ## The lock rule
+//!
+//! **No application code runs while wshub holds one of its own locks.** Every [`Handler`]
+//! hook is called after wshub's locks (registry shards, a topic's history, presence, an
+//! outbox) are released: operations collect what changed under the locks and run the hooks
+//! after. A hook may therefore call back into the hub — publish (to the same topic, with
+//! history), subscribe, unsubscribe, `send_to`, `close`, `stats` — without deadlocking; the
+//! synchronous hooks ([`Handler::on_subscribe`], [`Handler::on_unsubscribe`],
+//! [`Handler::presence_info`], [`Handler::check_origin`], [`Handler::select_subprotocol`],
+//! [`Handler::http`]) may call every synchronous method and spawn a task for the async ones
+//! ([`Hub::presence`], [`Hub::history`]). `tests/lock_rule.rs` calls back from every hook, on
+//! one node and with Redis.
+
 //! ## Protocol and limits
 //!
 //! wshub implements the server side of RFC 6455 itself (framing, fragmentation, UTF-8
@@ -91,7 +114,8 @@
 //! ## Scale-out
 //!
 //! Several hubs behind a load balancer share broadcasts, topic publishes, `send_to` and
-//! `close` through a [`Backplane`]; with the `redis` feature, `RedisBackplane` does it
+//! `close` through a [`Backplane`](backplane::Backplane); with the `redis` feature,
+//! `RedisBackplane` does it
 //! through Redis pub/sub. Each node still delivers to its own sessions at once; the backplane
 //! carries one envelope per message to the other nodes, which deliver it through the same
 //! bounded queues. Without the feature nothing of Redis is compiled.
@@ -106,8 +130,8 @@
 //! publications; when that is impossible (history lost or too old) it is told
 //! [`Recovered::Unrecoverable`] and reloads its state. [`Config::envelope`] sends publications
 //! in a small JSON envelope carrying the topic and position (`PROTOCOL.md`, enough to write a
-//! client in any language); the `client` feature's [`Client`] and the dashboard example's page
-//! use it. Presence ([`Config::presence`], [`Hub::presence`]) lists who is subscribed. See
+//! client in any language; [`protocol`] reads and writes it); the `client` feature's
+//! [`Client`] and the dashboard example's page use it. Presence ([`Config::presence`], [`Hub::presence`]) lists who is subscribed. See
 //! `docs/history.md` for the guarantees and the cost.
 //!
 //! ## Shutdown and cancellation
@@ -122,24 +146,23 @@
 #[cfg(feature = "axum")]
 #[cfg_attr(docsrs, doc(cfg(feature = "axum")))]
 pub mod axum;
-mod backplane;
+pub mod backplane;
 pub mod browser;
 #[cfg(feature = "client")]
 mod client;
 mod config;
 mod connection;
+mod engine;
 mod error;
 mod frame;
 mod handler;
 mod handshake;
 mod heartbeat;
-mod history;
 mod hub;
-mod json;
 mod message;
 mod outbox;
-mod presence;
 mod prometheus;
+pub mod protocol;
 mod registry;
 mod session;
 mod stats;
@@ -153,22 +176,24 @@ mod tls;
 #[path = "fuzz_api.rs"]
 pub mod __fuzz;
 
+pub use backplane::{BackplaneError, Remote};
+// Temporary path for redis.rs until its split lands.
 #[cfg(feature = "redis")]
-pub use backplane::redis::{RedisBackplane, RedisConfig, RedisStats};
-pub use backplane::{
-    Action, Backplane, BackplaneError, ClusterCount, Confirm, Envelope, EnvelopeError, LocalNode,
-    Remote, Route,
-};
+pub(crate) use backplane::HistoryRead;
+#[cfg(feature = "redis")]
+#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+pub use backplane::{RedisBackplane, RedisConfig};
 #[cfg(feature = "client")]
 #[cfg_attr(docsrs, doc(cfg(feature = "client")))]
-pub use client::{Client, ClientBuilder, ClientClosed, ClientState, ConnectError, ServerMessage};
+pub use client::{Client, ClientBuilder, ClientClosed, ClientState, ConnectError};
 pub use config::{Config, SlowConsumerPolicy};
+pub use engine::delivery::Delivery;
+pub use engine::history::{HistoryError, HistoryPolicy, Position, Recovered};
 pub use error::{FullOutcome, RemoteError, SendError, TopicError, validate_topic};
 pub use handler::{CloseReason, Handler, Reject, Request};
-pub use history::{ClientCommand, HistoryError, HistoryPolicy, HistoryRead, Position, Recovered};
-pub use hub::{Delivery, Hub, HubBuilder};
+pub use hub::{Hub, HubBuilder};
 pub use message::{CloseCode, CloseFrame, Message, Text};
-pub use presence::PresenceEntry;
+pub use protocol::PresenceEntry;
 pub use session::{Session, SessionId};
 pub use stats::Stats;
 

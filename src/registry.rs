@@ -5,7 +5,7 @@
 //! never awaits), so publishing does not contend with connects on other shards and no lock is
 //! held across an `.await`.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::hash::{BuildHasherDefault, Hasher};
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -13,9 +13,8 @@ use std::sync::{Arc, Mutex, RwLock};
 
 use bytes::Bytes;
 
+use crate::engine::Delivery;
 use crate::error::TopicError;
-use crate::hub::Delivery;
-use crate::outbox::Pushed;
 use crate::session::{SessionId, SessionInner};
 
 const SHARDS: usize = 16;
@@ -79,11 +78,7 @@ impl Members {
     fn deliver(&self, frame: &Bytes, except: Option<SessionId>, report: &mut Delivery) {
         for s in &self.list {
             if Some(s.id) != except {
-                let pushed = s.outbox.push(frame.clone());
-                if pushed == Pushed::Disconnected {
-                    tracing::info!(id = %s.id, "slow consumer: queue full, closing with 1008");
-                }
-                report.count(pushed);
+                report.count(s.outbox.push(frame.clone()));
             }
         }
     }
@@ -93,7 +88,27 @@ impl Members {
 #[derive(Default)]
 pub(crate) struct SessionTopics {
     removed: bool,
-    list: Vec<Arc<str>>,
+    set: HashSet<Arc<str>>,
+}
+
+/// What a subscribe changed, for the hooks that run after the registry's locks are released.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[must_use]
+pub(crate) struct Joined {
+    /// The session was not subscribed before.
+    pub(crate) added: bool,
+    /// The topic had no subscriber on this node before (the backplane's interest changed).
+    pub(crate) first: bool,
+}
+
+/// What an unsubscribe changed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[must_use]
+pub(crate) struct Left {
+    /// The session was subscribed.
+    pub(crate) removed: bool,
+    /// It was the topic's last subscriber on this node.
+    pub(crate) last: bool,
 }
 
 /// One shard of the topic map: topic name → its subscribers.
@@ -106,13 +121,9 @@ pub(crate) enum Refusal {
     PerIp,
 }
 
-/// Called with a topic that gained its first subscriber or lost its last (the backplane's
-/// interest routing). It runs under the topic's shard lock, so it must only note the topic.
-pub(crate) type InterestHook = Box<dyn Fn(&str) + Send + Sync>;
-
 pub(crate) struct Registry {
     node: u64,
-    interest: Option<InterestHook>,
+    max_topics: usize,
     next_seq: AtomicU64,
     sessions: Box<[RwLock<Members>]>,
     topics: Box<[RwLock<TopicShard>]>,
@@ -141,27 +152,16 @@ fn topic_shard(topic: &str) -> usize {
 }
 
 impl Registry {
-    pub(crate) fn new(node: u16) -> Self {
+    pub(crate) fn new(node: u16, max_topics: usize) -> Self {
         Registry {
             node: u64::from(node) << 48,
-            interest: None,
+            max_topics,
             next_seq: AtomicU64::new(1),
             sessions: (0..SHARDS).map(|_| RwLock::default()).collect(),
             topics: (0..SHARDS).map(|_| RwLock::default()).collect(),
             admitted: AtomicUsize::new(0),
             per_ip: Mutex::default(),
             len: AtomicUsize::new(0),
-        }
-    }
-
-    pub(crate) fn with_interest_hook(mut self, hook: Option<InterestHook>) -> Self {
-        self.interest = hook;
-        self
-    }
-
-    fn interest_changed(&self, topic: &str) {
-        if let Some(hook) = &self.interest {
-            hook(topic);
         }
     }
 
@@ -219,23 +219,29 @@ impl Registry {
         self.len.fetch_add(1, Ordering::AcqRel);
     }
 
-    /// Removes the session from every topic and from the registry; true the first time.
-    pub(crate) fn remove(&self, s: &SessionInner) -> bool {
+    /// Removes the session from every topic and from the registry, at once: from then on no
+    /// subscribe can add it back. `None` when it was removed already; else the topics it was
+    /// in, each with whether it was their last subscriber here.
+    pub(crate) fn remove(&self, s: &SessionInner) -> Option<Vec<(Arc<str>, bool)>> {
         let topics = {
             let mut t = lock(&s.topics);
             if t.removed {
-                return false;
+                return None;
             }
             t.removed = true;
-            std::mem::take(&mut t.list)
+            std::mem::take(&mut t.set)
         };
-        for topic in topics {
-            self.remove_member(&topic, s.id);
-        }
+        let left = topics
+            .into_iter()
+            .map(|topic| {
+                let last = self.remove_member(&topic, s.id);
+                (topic, last)
+            })
+            .collect();
         if write(self.shard(s.id)).remove(s.id) {
             self.len.fetch_sub(1, Ordering::AcqRel);
         }
-        true
+        Some(left)
     }
 
     pub(crate) fn get(&self, id: SessionId) -> Option<Arc<SessionInner>> {
@@ -281,48 +287,71 @@ impl Registry {
         }
     }
 
-    /// Adds the session to `topic`; Ok(false) when it was already subscribed or is leaving.
-    pub(crate) fn subscribe(&self, s: &Arc<SessionInner>, topic: &str) -> Result<bool, TopicError> {
+    /// Adds the session to `topic` (nothing changes when it is already subscribed or is
+    /// leaving). Refused beyond the per-session topic limit.
+    pub(crate) fn subscribe(
+        &self,
+        s: &Arc<SessionInner>,
+        topic: &str,
+    ) -> Result<Joined, TopicError> {
         crate::error::validate_topic(topic)?;
-        // Lock order: the session's topic list, then the topic shard. `remove` takes the list
+        let unchanged = Joined {
+            added: false,
+            first: false,
+        };
+        // Lock order: the session's topic set, then the topic shard. `remove` takes the set
         // first too, so a session that is leaving can never be added back to a topic.
         let mut mine = lock(&s.topics);
-        if mine.removed || mine.list.iter().any(|t| &**t == topic) {
-            return Ok(false);
+        if mine.removed || mine.set.contains(topic) {
+            return Ok(unchanged);
+        }
+        if mine.set.len() >= self.max_topics {
+            return Err(TopicError::TooManyTopics {
+                limit: self.max_topics,
+            });
         }
         let mut shard = write(&self.topics[topic_shard(topic)]);
-        let key = match shard.get_key_value(topic) {
-            Some((k, _)) => k.clone(),
-            None => {
-                self.interest_changed(topic);
-                Arc::from(topic)
-            }
+        let (key, first) = match shard.get_key_value(topic) {
+            Some((k, _)) => (k.clone(), false),
+            None => (Arc::from(topic), true),
         };
         shard.entry(key.clone()).or_default().insert(s.clone());
-        mine.list.push(key);
-        Ok(true)
+        mine.set.insert(key);
+        Ok(Joined { added: true, first })
     }
 
-    /// Removes the session from `topic`; false when it was not subscribed.
-    pub(crate) fn unsubscribe(&self, s: &SessionInner, topic: &str) -> bool {
+    /// Removes the session from `topic`.
+    pub(crate) fn unsubscribe(&self, s: &SessionInner, topic: &str) -> Left {
         let mut mine = lock(&s.topics);
-        let Some(i) = mine.list.iter().position(|t| &**t == topic) else {
-            return false;
-        };
-        mine.list.swap_remove(i);
-        self.remove_member(topic, s.id);
-        true
+        if !mine.set.remove(topic) {
+            return Left {
+                removed: false,
+                last: false,
+            };
+        }
+        let last = self.remove_member(topic, s.id);
+        Left {
+            removed: true,
+            last,
+        }
     }
 
-    fn remove_member(&self, topic: &str, id: SessionId) {
+    /// Whether the session is subscribed to `topic` now.
+    pub(crate) fn is_subscribed(s: &SessionInner, topic: &str) -> bool {
+        lock(&s.topics).set.contains(topic)
+    }
+
+    /// Takes `id` out of `topic`'s members; true when that left the topic empty here.
+    fn remove_member(&self, topic: &str, id: SessionId) -> bool {
         let mut shard = write(&self.topics[topic_shard(topic)]);
         if let Some(members) = shard.get_mut(topic) {
             members.remove(id);
             if members.len() == 0 {
                 shard.remove(topic);
-                self.interest_changed(topic);
+                return true;
             }
         }
+        false
     }
 
     pub(crate) fn topic_len(&self, topic: &str) -> usize {
@@ -344,21 +373,10 @@ impl Registry {
         names
     }
 
+    /// The topics the session is in, sorted.
     pub(crate) fn session_topics(s: &SessionInner) -> Vec<String> {
-        lock(&s.topics).list.iter().map(|t| t.to_string()).collect()
-    }
-}
-
-impl Delivery {
-    pub(crate) fn count(&mut self, pushed: Pushed) {
-        match pushed {
-            Pushed::Queued => self.queued += 1,
-            Pushed::QueuedDroppingOldest(n) => {
-                self.queued += 1;
-                self.dropped += n;
-            }
-            Pushed::DroppedNewest | Pushed::Closed => self.dropped += 1,
-            Pushed::Disconnected => self.disconnected += 1,
-        }
+        let mut topics: Vec<String> = lock(&s.topics).set.iter().map(|t| t.to_string()).collect();
+        topics.sort();
+        topics
     }
 }

@@ -143,8 +143,8 @@ impl Session {
     /// not queued as asked; see [`SendError`].
     pub fn send(&self, message: impl Into<Message>) -> Result<(), SendError> {
         let frame = crate::frame::encode_message(&message.into());
-        let pushed = self.inner.outbox.push(frame);
-        self.hub.core.push_result(self.inner.id, pushed)
+        let pushed = self.hub.engine.deliver_to(&self.inner, frame);
+        crate::engine::send_result(self.inner.id, pushed)
     }
 
     /// Starts the close handshake with `code` and `reason` after the messages already queued.
@@ -153,25 +153,21 @@ impl Session {
     /// [`SendError::Closing`] when it is already closing, [`SendError::InvalidCloseCode`] for
     /// a code that may not be sent on the wire.
     pub fn close(&self, code: CloseCode, reason: &str) -> Result<(), SendError> {
-        self.hub.core.close_by_app(&self.inner, code, reason)
+        self.hub.engine.close_by_app(&self.inner, code, reason)
     }
 
     /// Subscribes to `topic`; `Ok(false)` when already subscribed or closing.
+    ///
+    /// # Errors
+    /// [`TopicError::InvalidName`], or [`TopicError::TooManyTopics`] beyond
+    /// [`Config::max_topics_per_session`](crate::Config::max_topics_per_session).
     pub fn subscribe(&self, topic: &str) -> Result<bool, TopicError> {
-        let added = self.hub.core.registry.subscribe(&self.inner, topic)?;
-        if added {
-            crate::presence::joined(self, topic);
-        }
-        Ok(added)
+        self.hub.engine.subscribe(self, topic)
     }
 
     /// Unsubscribes from `topic`; false when not subscribed.
     pub fn unsubscribe(&self, topic: &str) -> bool {
-        let removed = self.hub.core.registry.unsubscribe(&self.inner, topic);
-        if removed {
-            crate::presence::left(&self.hub.core, self, topic);
-        }
-        removed
+        self.hub.engine.unsubscribe(self, topic)
     }
 
     /// Subscribes to `topic` and first queues exactly the publications made after `since`,
@@ -192,7 +188,7 @@ impl Session {
     ///
     /// # Cancel safety
     /// On a single node it completes without waiting. With a backplane, dropping the future
-    /// during the read leaves the session unsubscribed from `topic`.
+    /// during the read leaves the session unsubscribed from `topic`, and nothing else behind.
     ///
     /// ```
     /// # async fn f(session: &wshub::Session, last_seen: wshub::Position) {
@@ -208,26 +204,34 @@ impl Session {
         topic: &str,
         since: crate::Position,
     ) -> Result<crate::Recovered, crate::HistoryError> {
-        crate::history::join(self, topic, Some(since)).await
+        crate::engine::join(self, topic, Some(since)).await
     }
 
-    /// Applies a control message of the JSON protocol (see
-    /// [`ClientCommand`](crate::ClientCommand) and PROTOCOL.md): a subscribe with or without
-    /// `since`, or an unsubscribe. With [`Config::envelope`](crate::Config::envelope), a
-    /// subscribe is answered with `subscribed` or `unrecoverable`.
+    /// Applies a command of the JSON protocol (see
+    /// [`ClientCommand`](crate::protocol::ClientCommand) and PROTOCOL.md): a subscribe with or
+    /// without `since`, an unsubscribe, a `ping` (answered with `pong`) or a `presence`
+    /// request (answered with the topic's `presence`). With
+    /// [`Config::envelope`](crate::Config::envelope), a subscribe is answered with
+    /// `subscribed` or `unrecoverable`, and a refused command with an `error` message.
     ///
     /// # Return
-    /// What a subscribe did; `Recovered::Live { position: None }` for an unsubscribe.
+    /// What a subscribe did; `Recovered::Live { position: None }` for the other commands.
     ///
     /// # Errors
-    /// As [`subscribe_from`](Self::subscribe_from).
+    /// As [`subscribe_from`](Self::subscribe_from); for `presence`, a topic without presence
+    /// ([`HistoryError::NotEnabled`](crate::HistoryError::NotEnabled)) or a backplane that
+    /// cannot be read.
+    ///
+    /// # Cancel safety
+    /// As [`subscribe_from`](Self::subscribe_from). A `presence` request dropped before it
+    /// completes is not answered.
     ///
     /// ```
     /// # struct App;
     /// #[wshub::async_trait]
     /// impl wshub::Handler for App {
     ///     async fn on_message(&self, s: &wshub::Session, m: wshub::Message) {
-    ///         if let Some(command) = wshub::ClientCommand::parse(&m) {
+    ///         if let Some(command) = wshub::protocol::ClientCommand::parse(&m) {
     ///             let _ = s.apply(&command).await;
     ///         }
     ///     }
@@ -235,17 +239,9 @@ impl Session {
     /// ```
     pub async fn apply(
         &self,
-        command: &crate::ClientCommand,
+        command: &crate::protocol::ClientCommand,
     ) -> Result<crate::Recovered, crate::HistoryError> {
-        match command {
-            crate::ClientCommand::Subscribe { topic, since } => {
-                crate::history::join(self, topic, *since).await
-            }
-            crate::ClientCommand::Unsubscribe { topic } => {
-                self.unsubscribe(topic);
-                Ok(crate::Recovered::Live { position: None })
-            }
-        }
+        crate::engine::apply(self, command).await
     }
 
     /// The topics this session is subscribed to.

@@ -4,8 +4,8 @@
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
+use crate::engine::Delivery;
 use crate::handler::CloseReason;
-use crate::hub::Delivery;
 
 #[derive(Default)]
 pub(crate) struct Counters {

@@ -69,7 +69,7 @@ impl Hub {
 }
 
 async fn accept_tls(hub: Hub, acceptor: TlsAcceptor, tcp: TcpStream, peer: SocketAddr) {
-    let core = hub.core.clone();
+    let core = hub.engine.clone();
     let handshake = tokio::time::timeout(core.config.handshake_timeout, acceptor.accept(tcp));
     let tls = tokio::select! {
         done = handshake => match done {

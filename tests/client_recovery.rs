@@ -9,9 +9,9 @@ use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio::time::timeout;
+use wshub::protocol::{ClientCommand, ServerMessage};
 use wshub::{
-    Client, ClientCommand, CloseCode, Config, Handler, HistoryPolicy, Hub, Message, Position,
-    ServerMessage, Session, SessionId,
+    Client, CloseCode, Config, Handler, HistoryPolicy, Hub, Message, Position, Session, SessionId,
 };
 
 const WAIT: Duration = Duration::from_secs(5);

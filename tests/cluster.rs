@@ -7,7 +7,8 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use cluster_support::{Client, Node, Redis, fast_config, wait_until};
-use wshub::{Backplane, CloseCode, Remote, RemoteError, SendError, SessionId};
+use wshub::backplane::Backplane;
+use wshub::{CloseCode, Remote, RemoteError, SendError, SessionId};
 
 /// Reads until every origin in `ends` has sent its end marker, and checks that the messages
 /// `{origin}-{i}` of each origin arrive once each, in order.

@@ -13,9 +13,9 @@ use serde_json::Value;
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message as Ws;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+use wshub::protocol::ClientCommand;
 use wshub::{
-    ClientCommand, Config, Handler, HistoryPolicy, Hub, Message, Position, RedisBackplane,
-    RedisConfig, Session,
+    Config, Handler, HistoryPolicy, Hub, Message, Position, RedisBackplane, RedisConfig, Session,
 };
 
 const WAIT: Duration = Duration::from_secs(10);

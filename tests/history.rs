@@ -10,7 +10,8 @@ use serde_json::Value;
 use support::{Client, connect, recv_text, send_text, within};
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
-use wshub::{ClientCommand, Config, Handler, HistoryPolicy, Hub, Message, Position, Session};
+use wshub::protocol::ClientCommand;
+use wshub::{Config, Handler, HistoryPolicy, Hub, Message, Position, Session};
 
 /// Applies the JSON protocol's commands and reports joins and leaves.
 struct App {

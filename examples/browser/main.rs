@@ -14,9 +14,8 @@
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use wshub::http::{Response, StatusCode};
-use wshub::{
-    Bytes, ClientCommand, Config, Handler, HistoryPolicy, Hub, Message, Reject, Request, Session,
-};
+use wshub::protocol::ClientCommand;
+use wshub::{Bytes, Config, Handler, HistoryPolicy, Hub, Message, Reject, Request, Session};
 
 /// The page, compiled into the binary.
 const INDEX_HTML: &str = include_str!("index.html");

@@ -30,9 +30,10 @@ use serde::Serialize;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use wshub::http::{Response, StatusCode};
+use wshub::protocol::ClientCommand;
 use wshub::{
-    Bytes, ClientCommand, CloseReason, Config, Handler, HistoryPolicy, Hub, Message, Position,
-    Recovered, Reject, Request, Session,
+    Bytes, CloseReason, Config, Handler, HistoryPolicy, Hub, Message, Position, Recovered, Reject,
+    Request, Session,
 };
 
 /// The page, compiled into the binary: no build step, no files to deploy.

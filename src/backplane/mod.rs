@@ -1,30 +1,43 @@
-//! Scale-out: the [`Backplane`] that carries broadcasts, topic publishes, `send_to` and
-//! `close` between the nodes of a cluster, and the [`Envelope`] they travel in.
+//! Scale-out: the [`Backplane`] trait that carries broadcasts, topic publishes, `send_to` and
+//! `close` between the nodes of a cluster, and what an implementation needs: the [`Packet`]
+//! one message travels in between nodes (`packet.rs`) and the [`LocalNode`] handle it
+//! delivers into (`node.rs`). The hub's outbound side (what it hands a backplane) is the
+//! engine's `forward.rs`.
 //!
 //! A hub with a backplane delivers to its own sessions as a single hub does, then encodes the
-//! message **once** into an envelope and hands it to the backplane, which publishes it for the
-//! other nodes without ever making the caller wait. Each node that receives an envelope from
-//! another node delivers it through the same data path as a local broadcast: framed once, then
-//! pushed into each matching session's bounded outbox, under the same slow-consumer policy.
+//! message **once** into a packet and hands it to the backplane, which publishes it for the
+//! other nodes without ever making the caller wait. Each node that receives a packet from
+//! another node delivers it through the engine's one delivery path: framed once, then pushed
+//! into each matching session's bounded outbox, under the same slow-consumer policy.
 //!
-//! This module has no dependency on Redis; `RedisBackplane` (feature
-//! `redis`) is the implementation wshub ships.
-//!
-//! The wire format of the envelope is documented on [`Envelope`].
+//! Users of a hub need nothing here but [`RedisBackplane`] (feature `redis`) to pass to
+//! [`HubBuilder::backplane`](crate::HubBuilder::backplane); the rest is for implementors.
 
+mod node;
+mod packet;
 #[cfg(feature = "redis")]
 pub(crate) mod redis;
 
-use std::sync::{Arc, Weak};
-
 use async_trait::async_trait;
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::Bytes;
 
-use crate::error::{RemoteError, SendError};
-use crate::frame;
-use crate::hub::{Core, Delivery};
-use crate::message::{CloseCode, CloseFrame, Message, Text};
+use crate::error::RemoteError;
+use crate::message::Message;
 use crate::session::SessionId;
+
+pub use crate::engine::history::HistoryRead;
+pub use node::LocalNode;
+pub(crate) use node::attach;
+pub use packet::{Action, Packet, PacketError};
+pub(crate) use packet::{
+    KIND_BROADCAST, KIND_PUBLISH, KIND_SEND, encode_close, encode_event, encode_message, node_of,
+};
+// Temporary names for redis.rs until its split lands (then it says `Packet`).
+#[cfg(feature = "redis")]
+pub(crate) use packet::{Packet as Envelope, VERSION};
+#[cfg(feature = "redis")]
+#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+pub use redis::{RedisBackplane, RedisConfig, RedisStats};
 
 /// Carries the [`Position`](crate::Position) a shared log assigned to a publication back to
 /// the publisher (see [`Backplane::publish_recorded`]).
@@ -52,11 +65,13 @@ impl Confirm {
 /// receives from other nodes to the [`LocalNode`] it was [attached](Backplane::attach) to.
 ///
 /// An implementation must:
-/// - **never block** in `publish` or `interest_changed` (they run on the caller's thread,
-///   sometimes under a registry lock): queue, and say what happened in the returned [`Remote`];
-/// - give each envelope to every *other* node that has interest in its [`Route`] **once**,
+/// - **never block** in `publish`, `interest_changed` or `presence_changed` (they run on the
+///   caller's thread; `presence_changed` under the hub's presence lock, so that one session's
+///   joins and leaves reach the backplane in order): queue, and say what happened in the
+///   returned [`Remote`]; never call back into the hub from them;
+/// - give each packet to every *other* node that has interest in its [`Route`] **once**,
 ///   keeping the order in which one node published them;
-/// - not hand a node's own envelopes back to it (or let [`LocalNode::deliver`] skip them,
+/// - not hand a node's own packets back to it (or let [`LocalNode::deliver`] skip them,
 ///   which it does).
 ///
 /// `RedisBackplane` (feature `redis`) is the implementation wshub ships. A minimal one,
@@ -64,7 +79,8 @@ impl Confirm {
 ///
 /// ```
 /// use std::sync::{Arc, OnceLock};
-/// use wshub::{Backplane, Bytes, LocalNode, Remote, Route};
+/// use wshub::Bytes;
+/// use wshub::backplane::{Backplane, LocalNode, Remote, Route};
 ///
 /// /// Every node in one process; a real backplane crosses the network.
 /// #[derive(Default)]
@@ -81,10 +97,10 @@ impl Confirm {
 ///     fn attach(&self, node: LocalNode) {
 ///         let _ = self.local.set(node);
 ///     }
-///     fn publish(&self, _route: Route<'_>, envelope: Bytes) -> Remote {
+///     fn publish(&self, _route: Route<'_>, packet: Bytes) -> Remote {
 ///         for peer in self.peers.get().into_iter().flatten() {
 ///             if let Some(local) = peer.local.get() {
-///                 let _ = local.deliver(&envelope); // skips its own envelopes
+///                 let _ = local.deliver(&packet); // skips its own packets
 ///             }
 ///         }
 ///         Remote::Queued
@@ -102,13 +118,13 @@ pub trait Backplane: Send + Sync + 'static {
     /// [`HubBuilder::build`](crate::HubBuilder::build).
     fn attach(&self, node: LocalNode);
 
-    /// Queues `envelope` (see [`Envelope`] for its format) for the other nodes that
+    /// Queues `packet` (see [`Packet`] for its format) for the other nodes that
     /// have interest in `route`.
     ///
     /// # Return
     /// [`Remote::Queued`] when the backplane took it (queued is not delivered), or
     /// [`Remote::Failed`] when it did not and nothing will be sent.
-    fn publish(&self, route: Route<'_>, envelope: Bytes) -> Remote;
+    fn publish(&self, route: Route<'_>, packet: Bytes) -> Remote;
 
     /// The local interest in `topic` may have changed: it gained its first subscriber on this
     /// node or lost its last. Ask [`LocalNode::subscriber_count`] for the current state rather
@@ -182,7 +198,7 @@ pub trait Backplane: Send + Sync + 'static {
         topic: &str,
         since: Option<crate::Position>,
         policy: &crate::HistoryPolicy,
-    ) -> Result<crate::HistoryRead, BackplaneError> {
+    ) -> Result<HistoryRead, BackplaneError> {
         let _ = (topic, since, policy);
         Err(BackplaneError::Unsupported)
     }
@@ -206,10 +222,10 @@ pub trait Backplane: Send + Sync + 'static {
     }
 }
 
-/// Which nodes an envelope is for.
+/// Which nodes an packet is for.
 ///
 /// ```
-/// use wshub::Route;
+/// use wshub::backplane::Route;
 /// let r = Route::Topic("orders");
 /// assert_ne!(r, Route::All);
 /// ```
@@ -259,7 +275,7 @@ pub enum Remote {
 /// that stopped without leaving (a crash) drops out once its liveness lapses.
 ///
 /// ```
-/// # async fn f(backplane: &dyn wshub::Backplane) -> Result<(), wshub::BackplaneError> {
+/// # async fn f(backplane: &dyn wshub::backplane::Backplane) -> Result<(), wshub::BackplaneError> {
 /// let counts = backplane.cluster_sessions().await?;
 /// println!("{} sessions on {} nodes", counts.total(), counts.nodes.len());
 /// # Ok(()) }
@@ -301,517 +317,6 @@ pub enum BackplaneError {
     /// This backplane does not implement the operation.
     #[error("not supported by this backplane")]
     Unsupported,
-}
-
-/// Why bytes are not a valid [`Envelope`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-#[non_exhaustive]
-pub enum EnvelopeError {
-    /// Another format version: a node of another wshub version, or not a wshub envelope.
-    #[error("unknown envelope version {0}")]
-    Version(u8),
-    /// The bytes are cut short or a field is out of range.
-    #[error("malformed envelope: {0}")]
-    Malformed(&'static str),
-}
-
-/// One message between nodes, decoded.
-///
-/// Hubs encode envelopes themselves; this type is for backplane implementations and tools
-/// that want to look inside one.
-///
-/// # Wire format (version 1)
-///
-/// All integers are big-endian. 14 bytes of header, then the topic, then the payload:
-///
-/// | offset | size | field |
-/// |-------:|-----:|-------|
-/// | 0 | 1 | format version: `1` |
-/// | 1 | 1 | kind: `1` broadcast, `2` publish, `3` send to one session, `4` close one session |
-/// | 2 | 1 | WebSocket opcode of the message: `1` text, `2` binary (`0` for close) |
-/// | 3 | 2 | origin node number |
-/// | 5 | 8 | session id: the one left out (broadcast, publish; `0` for none) or the target (send, close) |
-/// | 13 | 1 | topic length `n`, 0 to 255 (0 unless publish) |
-/// | 14 | n | topic, UTF-8 |
-/// | 14 + n | rest | payload: the message bytes; for close, the close code (2 bytes) then the UTF-8 reason |
-///
-/// A receiver refuses (and logs) an envelope of another version, so nodes of different
-/// versions never misread each other's messages during a rolling upgrade.
-///
-/// ```
-/// use wshub::{Action, Envelope, Message};
-///
-/// let e = Envelope::new(7, Action::Publish {
-///     topic: "orders".into(),
-///     except: None,
-///     message: Message::from("order 17 shipped"),
-/// });
-/// let bytes = e.encode();
-/// assert_eq!(Envelope::decode(&bytes).unwrap(), e);
-/// ```
-#[derive(Debug, Clone, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct Envelope {
-    /// The node that published it.
-    pub origin: u16,
-    /// What the receiving nodes do with it.
-    pub action: Action,
-}
-
-/// What an [`Envelope`] asks the receiving nodes to do.
-#[derive(Debug, Clone, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum Action {
-    /// Queue `message` for every session but `except`.
-    Broadcast {
-        /// A session left out (usually the sender).
-        except: Option<SessionId>,
-        /// The message.
-        message: Message,
-    },
-    /// Queue `message` for every subscriber of `topic` but `except`.
-    Publish {
-        /// The topic.
-        topic: String,
-        /// A session left out.
-        except: Option<SessionId>,
-        /// The message.
-        message: Message,
-    },
-    /// Queue `message` for session `to`.
-    Send {
-        /// The session.
-        to: SessionId,
-        /// The message.
-        message: Message,
-    },
-    /// Close session `to` with `frame`.
-    Close {
-        /// The session.
-        to: SessionId,
-        /// The close frame.
-        frame: CloseFrame,
-    },
-}
-
-const VERSION: u8 = 1;
-const HEADER: usize = 14;
-const KIND_BROADCAST: u8 = 1;
-const KIND_PUBLISH: u8 = 2;
-const KIND_SEND: u8 = 3;
-const KIND_CLOSE: u8 = 4;
-
-impl Envelope {
-    /// An envelope from `origin`.
-    pub fn new(origin: u16, action: Action) -> Self {
-        Envelope { origin, action }
-    }
-
-    /// The route a backplane publishes it on.
-    pub fn route(&self) -> Route<'_> {
-        match &self.action {
-            Action::Broadcast { .. } => Route::All,
-            Action::Publish { topic, .. } => Route::Topic(topic),
-            Action::Send { to, .. } | Action::Close { to, .. } => Route::Node(node_of(*to)),
-        }
-    }
-
-    /// The wire form.
-    pub fn encode(&self) -> Bytes {
-        match &self.action {
-            Action::Broadcast { except, message } => {
-                encode_message(KIND_BROADCAST, self.origin, *except, "", message)
-            }
-            Action::Publish {
-                topic,
-                except,
-                message,
-            } => encode_message(KIND_PUBLISH, self.origin, *except, topic, message),
-            Action::Send { to, message } => {
-                encode_message(KIND_SEND, self.origin, Some(*to), "", message)
-            }
-            Action::Close { to, frame } => encode_close(self.origin, *to, frame),
-        }
-    }
-
-    /// Reads the wire form.
-    ///
-    /// # Errors
-    /// [`EnvelopeError`] when the bytes are of another version or malformed (a topic that
-    /// [`validate_topic`](crate::validate_topic) refuses, text that is not UTF-8, a close code
-    /// that may not be sent).
-    pub fn decode(bytes: &[u8]) -> Result<Envelope, EnvelopeError> {
-        let raw = Raw::parse(bytes)?;
-        let message = |payload: &[u8]| {
-            let payload = Bytes::copy_from_slice(payload);
-            match raw.opcode {
-                frame::OP_TEXT => Message::Text(Text::from_validated(payload)),
-                _ => Message::Binary(payload),
-            }
-        };
-        let action = match raw.kind {
-            KIND_BROADCAST => Action::Broadcast {
-                except: raw.id,
-                message: message(raw.payload),
-            },
-            KIND_PUBLISH => Action::Publish {
-                topic: raw.topic.to_owned(),
-                except: raw.id,
-                message: message(raw.payload),
-            },
-            KIND_SEND => Action::Send {
-                to: raw.target()?,
-                message: message(raw.payload),
-            },
-            _ => Action::Close {
-                to: raw.target()?,
-                frame: raw.close_frame()?,
-            },
-        };
-        Ok(Envelope {
-            origin: raw.origin,
-            action,
-        })
-    }
-}
-
-fn message_of(opcode: u8, payload: &[u8]) -> Message {
-    let payload = Bytes::copy_from_slice(payload);
-    match opcode {
-        frame::OP_TEXT => Message::Text(Text::from_validated(payload)),
-        _ => Message::Binary(payload),
-    }
-}
-
-/// The node number in the top 16 bits of a session id.
-pub(crate) fn node_of(id: SessionId) -> u16 {
-    (id.0 >> 48) as u16
-}
-
-fn header(
-    buf: &mut BytesMut,
-    kind: u8,
-    opcode: u8,
-    origin: u16,
-    id: Option<SessionId>,
-    topic: &str,
-) {
-    debug_assert!(topic.len() <= 255, "topic names are validated to 255 bytes");
-    buf.put_u8(VERSION);
-    buf.put_u8(kind);
-    buf.put_u8(opcode);
-    buf.put_u16(origin);
-    buf.put_u64(id.map_or(0, |id| id.0));
-    buf.put_u8(topic.len() as u8);
-    buf.extend_from_slice(topic.as_bytes());
-}
-
-fn encode_message(
-    kind: u8,
-    origin: u16,
-    id: Option<SessionId>,
-    topic: &str,
-    message: &Message,
-) -> Bytes {
-    let payload = message.as_bytes();
-    let mut buf = BytesMut::with_capacity(HEADER + topic.len() + payload.len());
-    header(&mut buf, kind, message.opcode(), origin, id, topic);
-    buf.extend_from_slice(payload);
-    buf.freeze()
-}
-
-fn encode_close(origin: u16, to: SessionId, frame: &CloseFrame) -> Bytes {
-    let mut buf = BytesMut::with_capacity(HEADER + 2 + frame.reason.len());
-    header(&mut buf, KIND_CLOSE, 0, origin, Some(to), "");
-    buf.put_u16(u16::from(frame.code));
-    buf.extend_from_slice(frame.reason.as_bytes());
-    buf.freeze()
-}
-
-/// A checked, borrowed view of an envelope.
-struct Raw<'a> {
-    kind: u8,
-    opcode: u8,
-    origin: u16,
-    id: Option<SessionId>,
-    topic: &'a str,
-    payload: &'a [u8],
-}
-
-impl<'a> Raw<'a> {
-    fn parse(b: &'a [u8]) -> Result<Self, EnvelopeError> {
-        let malformed = EnvelopeError::Malformed;
-        let Some(&version) = b.first() else {
-            return Err(malformed("empty"));
-        };
-        if version != VERSION {
-            return Err(EnvelopeError::Version(version));
-        }
-        if b.len() < HEADER {
-            return Err(malformed("shorter than its header"));
-        }
-        let (kind, opcode) = (b[1], b[2]);
-        let origin = u16::from_be_bytes([b[3], b[4]]);
-        let id = u64::from_be_bytes(b[5..13].try_into().map_err(|_| malformed("id"))?);
-        let topic_len = usize::from(b[13]);
-        let Some(topic) = b.get(HEADER..HEADER + topic_len) else {
-            return Err(malformed("topic cut short"));
-        };
-        let topic = std::str::from_utf8(topic).map_err(|_| malformed("topic not UTF-8"))?;
-        let payload = &b[HEADER + topic_len..];
-        match kind {
-            KIND_BROADCAST | KIND_PUBLISH | KIND_SEND => {
-                if opcode != frame::OP_TEXT && opcode != frame::OP_BINARY {
-                    return Err(malformed("opcode"));
-                }
-                if opcode == frame::OP_TEXT && std::str::from_utf8(payload).is_err() {
-                    return Err(malformed("text not UTF-8"));
-                }
-            }
-            KIND_CLOSE => {}
-            _ => return Err(malformed("kind")),
-        }
-        if (kind == KIND_PUBLISH) == topic.is_empty() {
-            return Err(malformed(
-                "topic on a kind that has none, or none on a publish",
-            ));
-        }
-        if kind == KIND_PUBLISH && crate::error::validate_topic(topic).is_err() {
-            return Err(malformed("topic name"));
-        }
-        Ok(Raw {
-            kind,
-            opcode,
-            origin,
-            id: (id != 0).then_some(SessionId(id)),
-            topic,
-            payload,
-        })
-    }
-
-    fn target(&self) -> Result<SessionId, EnvelopeError> {
-        self.id.ok_or(EnvelopeError::Malformed("no target session"))
-    }
-
-    fn close_frame(&self) -> Result<CloseFrame, EnvelopeError> {
-        let p = self.payload;
-        if p.len() < 2 {
-            return Err(EnvelopeError::Malformed("close without a code"));
-        }
-        let code = CloseCode::from(u16::from_be_bytes([p[0], p[1]]));
-        if !code.is_sendable() {
-            return Err(EnvelopeError::Malformed("close code"));
-        }
-        let reason =
-            std::str::from_utf8(&p[2..]).map_err(|_| EnvelopeError::Malformed("reason"))?;
-        Ok(CloseFrame::new(code, reason))
-    }
-}
-
-/// The hub a backplane delivers into: given to [`Backplane::attach`].
-///
-/// It holds the hub weakly, so a backplane does not keep a dropped hub alive; once the hub is
-/// gone, [`deliver`](Self::deliver) does nothing and the counts are 0.
-#[derive(Clone)]
-pub struct LocalNode {
-    core: Weak<Core>,
-    node: u16,
-}
-
-impl LocalNode {
-    /// This node's number.
-    pub fn node_id(&self) -> u16 {
-        self.node
-    }
-
-    /// Delivers an envelope from another node to this node's sessions, through the same
-    /// bounded queues and slow-consumer policy as a local broadcast: the message is framed
-    /// once, then queued for each matching session.
-    ///
-    /// An envelope this node published itself is skipped (its sessions already have it), as
-    /// is one for a session that is not (or no longer) here.
-    ///
-    /// # Return
-    /// The per-recipient counts, as [`Hub::broadcast`](crate::Hub::broadcast) returns them
-    /// (its `remote` field is [`Remote::NotConfigured`]).
-    ///
-    /// # Errors
-    /// [`EnvelopeError`] when the bytes are not a valid envelope; nothing is delivered.
-    pub fn deliver(&self, envelope: &[u8]) -> Result<Delivery, EnvelopeError> {
-        let raw = Raw::parse(envelope)?;
-        let Some(core) = self.core.upgrade() else {
-            return Ok(Delivery::default());
-        };
-        if raw.origin == self.node {
-            return Ok(Delivery::default());
-        }
-        let frame = || frame::encode(raw.opcode, raw.payload);
-        let report = match raw.kind {
-            KIND_BROADCAST => core.registry.deliver_all(&frame(), raw.id),
-            KIND_PUBLISH if core.config.envelope => {
-                let message = message_of(raw.opcode, raw.payload);
-                let frame = crate::history::frame_for(&core, raw.topic, None, &message);
-                core.registry.deliver_topic(raw.topic, &frame, raw.id)
-            }
-            KIND_PUBLISH => core.registry.deliver_topic(raw.topic, &frame(), raw.id),
-            KIND_SEND => {
-                let to = raw.target()?;
-                let mut report = Delivery::default();
-                match core.registry.with(to, |s| s.outbox.push(frame())) {
-                    Some(pushed) => {
-                        // `push_result` counts and logs as a local `send_to` does.
-                        let _ = core.push_result(to, pushed);
-                        report.count(pushed);
-                    }
-                    None => tracing::debug!(id = %to, "send_to from another node: no such session"),
-                }
-                return Ok(report);
-            }
-            _ => {
-                let (to, close) = (raw.target()?, raw.close_frame()?);
-                if let Some(s) = core.registry.get(to) {
-                    core.close_session(&s, close);
-                }
-                return Ok(Delivery::default());
-            }
-        };
-        core.counters.delivery(&report);
-        if report.disconnected > 0 {
-            tracing::info!(
-                sessions = report.disconnected,
-                "slow consumer: queue full on a message from another node, closing with 1008"
-            );
-        }
-        Ok(report)
-    }
-
-    /// Delivers a numbered publication of a topic with history, from the shared log (see
-    /// [`Backplane::publish_recorded`]), to this node's subscribers, including the ones this
-    /// node published itself. Sessions recovering the topic get it after their replay.
-    pub fn deliver_recorded(
-        &self,
-        topic: &str,
-        position: crate::Position,
-        message: &Message,
-    ) -> Delivery {
-        match self.core.upgrade() {
-            Some(core) => crate::history::deliver_recorded(&core, topic, position, message),
-            None => Delivery::default(),
-        }
-    }
-
-    /// Sessions connected to this node now.
-    pub fn session_count(&self) -> usize {
-        self.core.upgrade().map_or(0, |c| c.registry.len())
-    }
-
-    /// Subscribers of `topic` on this node now.
-    pub fn subscriber_count(&self, topic: &str) -> usize {
-        self.core.upgrade().map_or(0, |c| {
-            c.registry.topic_len(topic) + c.histories.recovering(topic)
-        })
-    }
-
-    /// The topics with at least one subscriber on this node, sorted.
-    pub fn topics(&self) -> Vec<String> {
-        self.core
-            .upgrade()
-            .map_or_else(Vec::new, |c| c.registry.topic_names())
-    }
-
-    /// Whether the hub still exists.
-    pub fn is_alive(&self) -> bool {
-        self.core.strong_count() > 0
-    }
-}
-
-impl std::fmt::Debug for LocalNode {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("LocalNode")
-            .field("node", &self.node)
-            .field("alive", &self.is_alive())
-            .finish()
-    }
-}
-
-// The hub's hooks: each is one call from `hub.rs`.
-
-/// Attaches the hub's backplane, if any, once its core exists.
-pub(crate) fn attach(core: &Arc<Core>) {
-    if let Some(bp) = &core.backplane {
-        bp.attach(LocalNode {
-            core: Arc::downgrade(core),
-            node: bp.node_id(),
-        });
-    }
-}
-
-/// The registry's interest hook: calls the backplane when a topic gains its first local
-/// subscriber or loses its last.
-pub(crate) fn interest_hook(
-    backplane: &Option<Arc<dyn Backplane>>,
-) -> Option<crate::registry::InterestHook> {
-    let bp = backplane.clone()?;
-    Some(Box::new(move |topic: &str| bp.interest_changed(topic)))
-}
-
-/// Forwards a broadcast (`except`: the session left out) to the other nodes.
-pub(crate) fn broadcast(core: &Core, except: Option<SessionId>, message: &Message) -> Remote {
-    let Some(bp) = &core.backplane else {
-        return Remote::NotConfigured;
-    };
-    let envelope = encode_message(KIND_BROADCAST, bp.node_id(), except, "", message);
-    bp.publish(Route::All, envelope)
-}
-
-/// Forwards a topic publish to the other nodes.
-pub(crate) fn publish(core: &Core, topic: &str, message: &Message) -> Remote {
-    let Some(bp) = &core.backplane else {
-        return Remote::NotConfigured;
-    };
-    if crate::error::validate_topic(topic).is_err() {
-        // No local session can be subscribed to it either.
-        return Remote::NotConfigured;
-    }
-    let envelope = encode_message(KIND_PUBLISH, bp.node_id(), None, topic, message);
-    bp.publish(Route::Topic(topic), envelope)
-}
-
-/// Forwards `send_to` when `to` belongs to another node; `None` when it is this node's.
-pub(crate) fn send_to(
-    core: &Core,
-    to: SessionId,
-    message: &Message,
-) -> Option<Result<(), SendError>> {
-    let bp = core.backplane.as_ref()?;
-    let node = node_of(to);
-    if node == bp.node_id() {
-        return None;
-    }
-    let envelope = encode_message(KIND_SEND, bp.node_id(), Some(to), "", message);
-    Some(forwarded(to, bp.publish(Route::Node(node), envelope)))
-}
-
-/// Forwards `close` when `to` belongs to another node; `None` when it is this node's.
-pub(crate) fn close(
-    core: &Core,
-    to: SessionId,
-    frame: &CloseFrame,
-) -> Option<Result<(), SendError>> {
-    let bp = core.backplane.as_ref()?;
-    let node = node_of(to);
-    if node == bp.node_id() {
-        return None;
-    }
-    let envelope = encode_close(bp.node_id(), to, frame);
-    Some(forwarded(to, bp.publish(Route::Node(node), envelope)))
-}
-
-fn forwarded(id: SessionId, remote: Remote) -> Result<(), SendError> {
-    match remote {
-        Remote::Failed(error) => Err(SendError::Remote { id, error }),
-        _ => Ok(()),
-    }
 }
 
 #[cfg(test)]

@@ -1,4 +1,4 @@
-//! The envelope codec and the hub's hooks, with a recording backplane (no Redis; the
+//! The packet codec and the hub's forwarding, with a recording backplane (no Redis; the
 //! cross-node behaviour is tested against a real Redis in `tests/cluster.rs`).
 
 use std::sync::{Arc, Mutex};
@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 use bytes::Bytes;
 
 use super::*;
-use crate::{Handler, Hub};
+use crate::{CloseCode, CloseFrame, Delivery, Handler, Hub, SendError};
 
 struct App;
 impl Handler for App {}
@@ -15,7 +15,7 @@ impl Handler for App {}
 struct Recorder {
     node: u16,
     answer: Remote,
-    sent: Mutex<Vec<(String, Envelope)>>,
+    sent: Mutex<Vec<(String, Packet)>>,
     interest: Mutex<Vec<String>>,
     attached: Mutex<Option<LocalNode>>,
 }
@@ -30,7 +30,7 @@ impl Recorder {
             attached: Mutex::default(),
         })
     }
-    fn take(&self) -> Vec<(String, Envelope)> {
+    fn take(&self) -> Vec<(String, Packet)> {
         std::mem::take(&mut *self.sent.lock().unwrap())
     }
 }
@@ -43,7 +43,7 @@ impl Backplane for Recorder {
         *self.attached.lock().unwrap() = Some(node);
     }
     fn publish(&self, route: Route<'_>, envelope: Bytes) -> Remote {
-        let e = Envelope::decode(&envelope).expect("the hub encodes valid envelopes");
+        let e = Packet::decode(&envelope).expect("the hub encodes valid envelopes");
         assert_eq!(e.route(), route, "the route matches the envelope");
         self.sent.lock().unwrap().push((format!("{route:?}"), e));
         self.answer
@@ -83,17 +83,17 @@ fn every_action_round_trips() {
         },
     ];
     for action in actions {
-        let e = Envelope::new(42, action);
-        let bytes = e.encode();
+        let e = Packet::new(42, action);
+        let bytes = e.encode().unwrap();
         assert_eq!(bytes[0], 1, "version");
         assert_eq!(&bytes[3..5], &42u16.to_be_bytes(), "origin");
-        assert_eq!(Envelope::decode(&bytes).unwrap(), e);
+        assert_eq!(Packet::decode(&bytes).unwrap(), e);
     }
 }
 
 #[test]
 fn the_header_is_as_documented() {
-    let e = Envelope::new(
+    let e = Packet::new(
         0x0102,
         Action::Publish {
             topic: "t".into(),
@@ -101,7 +101,7 @@ fn the_header_is_as_documented() {
             message: Message::from("hi"),
         },
     );
-    let b = e.encode();
+    let b = e.encode().unwrap();
     assert_eq!(
         &b[..],
         &[
@@ -112,7 +112,7 @@ fn the_header_is_as_documented() {
 
 #[test]
 fn malformed_envelopes_are_refused() {
-    let good = Envelope::new(
+    let good = Packet::new(
         1,
         Action::Send {
             to: id(2, 1),
@@ -120,37 +120,26 @@ fn malformed_envelopes_are_refused() {
         },
     )
     .encode()
+    .unwrap()
     .to_vec();
     let with = |i: usize, v: u8| {
         let mut b = good.clone();
         b[i] = v;
         b
     };
-    assert_eq!(
-        Envelope::decode(&[]),
-        Err(EnvelopeError::Malformed("empty"))
-    );
-    assert_eq!(
-        Envelope::decode(&with(0, 2)),
-        Err(EnvelopeError::Version(2))
-    );
-    assert!(Envelope::decode(&good[..10]).is_err(), "short header");
-    assert!(Envelope::decode(&with(1, 9)).is_err(), "kind");
-    assert!(Envelope::decode(&with(2, 9)).is_err(), "opcode");
-    assert!(
-        Envelope::decode(&with(13, 5)).is_err(),
-        "topic past the end"
-    );
+    assert_eq!(Packet::decode(&[]), Err(PacketError::Malformed("empty")));
+    assert_eq!(Packet::decode(&with(0, 2)), Err(PacketError::Version(2)));
+    assert!(Packet::decode(&good[..10]).is_err(), "short header");
+    assert!(Packet::decode(&with(1, 9)).is_err(), "kind");
+    assert!(Packet::decode(&with(2, 9)).is_err(), "opcode");
+    assert!(Packet::decode(&with(13, 5)).is_err(), "topic past the end");
     let mut no_target = good.clone();
     no_target[5..13].fill(0);
-    assert!(
-        Envelope::decode(&no_target).is_err(),
-        "send without a target"
-    );
+    assert!(Packet::decode(&no_target).is_err(), "send without a target");
     let mut bad_text = good.clone();
     bad_text.push(0xFF);
-    assert!(Envelope::decode(&bad_text).is_err(), "text not UTF-8");
-    let close = Envelope::new(
+    assert!(Packet::decode(&bad_text).is_err(), "text not UTF-8");
+    let close = Packet::new(
         1,
         Action::Close {
             to: id(2, 1),
@@ -158,15 +147,13 @@ fn malformed_envelopes_are_refused() {
         },
     )
     .encode()
+    .unwrap()
     .to_vec();
     let mut bad_code = close.clone();
     bad_code[14..16].copy_from_slice(&1005u16.to_be_bytes());
+    assert!(Packet::decode(&bad_code).is_err(), "unsendable close code");
     assert!(
-        Envelope::decode(&bad_code).is_err(),
-        "unsendable close code"
-    );
-    assert!(
-        Envelope::decode(&close[..15]).is_err(),
+        Packet::decode(&close[..15]).is_err(),
         "close without a code"
     );
 }
@@ -262,22 +249,25 @@ fn deliver_skips_own_envelopes_and_reports_bad_ones() {
     let bp = Recorder::new(5, Remote::Queued);
     let _hub = Hub::builder(App).backplane(bp.clone()).build();
     let local = bp.attached.lock().unwrap().clone().unwrap();
-    let own = Envelope::new(
+    let own = Packet::new(
         5,
         Action::Broadcast {
             except: None,
             message: "x".into(),
         },
     );
-    assert_eq!(local.deliver(&own.encode()), Ok(Delivery::default()));
-    assert_eq!(local.deliver(b"\x07"), Err(EnvelopeError::Version(7)));
+    assert_eq!(
+        local.deliver(&own.encode().unwrap()),
+        Ok(Delivery::default())
+    );
+    assert_eq!(local.deliver(b"\x07"), Err(PacketError::Version(7)));
     assert_eq!(local.session_count(), 0);
 }
 
 #[test]
 fn public_types_are_send_and_sync() {
     fn check<T: Send + Sync>() {}
-    check::<Envelope>();
+    check::<Packet>();
     check::<LocalNode>();
     check::<Remote>();
     check::<ClusterCount>();

@@ -6,7 +6,7 @@
 //! misses nothing and sees nothing twice), detects gaps and dead connections, keeps a bounded
 //! queue of what is sent while offline, and reports presence. The server side needs
 //! [`Config::envelope`](crate::Config::envelope) and the client's commands passed to
-//! [`ClientCommand::parse`](crate::ClientCommand::parse) + [`Session::apply`](crate::Session::apply).
+//! [`ClientCommand::parse`](crate::protocol::ClientCommand::parse) + [`Session::apply`](crate::Session::apply).
 //!
 //! From the hub's own listener, answer the two paths in [`Handler::http`](crate::Handler::http):
 //!
