@@ -8,6 +8,7 @@
 // It reconnects with exponential backoff and full jitter, resubscribes each topic "since"
 // the last position it processed (exactly what was missed is replayed), detects gaps and
 // dead connections, queues what is sent while offline (bounded), and reports presence.
+// A connection found dead is reported as "closed" with code 4000.
 
 const DEFAULTS = {
   minDelay: 500, // ms: the first reconnection waits a random time in [0, minDelay]
@@ -49,9 +50,9 @@ export class Client {
     this.listeners = new Map(); // event name -> Set of functions
     this.presenceWaiters = new Map(); // topic -> [{resolve, reject}], answered in order
     this.ws = null;
-    this.timer = 0; // the reconnection or watchdog timer
-    this.retryTimer = 0;
-    this.stableTimer = 0;
+    this.timer = 0; // the liveness watchdog
+    this.retryTimer = 0; // the next reconnection
+    this.stableTimer = 0; // resets the backoff once the connection has lasted
     this.lastReceived = 0;
     this.pinged = false;
     this.pings = 0; // ids of the pings sent
@@ -60,7 +61,8 @@ export class Client {
     this.visible = () => document.visibilityState === "visible" && this.retryNow();
     if (typeof window !== "undefined") window.addEventListener("online", this.wake);
     if (typeof document !== "undefined") document.addEventListener("visibilitychange", this.visible);
-    this.open();
+    // Once the caller has attached its listeners: they see the first "connecting" too.
+    queueMicrotask(() => this.state === "connecting" && this.open());
   }
 
   /**
@@ -99,7 +101,8 @@ export class Client {
    * Sends `data` (a string, an ArrayBuffer or typed array, or any other value as JSON). While
    * offline it is queued, up to `queueLimit` messages, and sent in order after the resubscribe
    * commands of the next connection. When the queue is full the message is dropped: send
-   * returns false and "dropped" is emitted with it. Returns true when sent or queued.
+   * returns false and "dropped" is emitted with it. Returns true when sent or queued, false
+   * when dropped or after close().
    */
   send(data) {
     if (typeof data !== "string" && !(data instanceof ArrayBuffer) && !ArrayBuffer.isView(data)) {
@@ -262,6 +265,7 @@ export class Client {
       case "error": {
         const error = { command: m.command, topic: m.topic, code: m.code, message: m.message };
         if (m.command === "presence") this.answerPresence(m.topic, (w) => w.reject(Object.assign(new Error(m.message || m.code), error)));
+        if (sub && m.command === "subscribe") sub.resyncing = false; // the next gap asks again
         if (sub) sub.call("onError", error);
         return this.emit("error", error);
       }
