@@ -143,6 +143,10 @@ impl Hub {
     /// Returns `Ok(())` after shutdown starts. Transient accept errors (out of file descriptors,
     /// a connection reset before it was accepted) are logged and retried after a short pause;
     /// other errors are returned.
+    ///
+    /// # Cancel safety
+    /// Dropping the future stops accepting; connections already accepted run on in their
+    /// own tasks.
     pub async fn serve(self, listener: TcpListener) -> io::Result<()> {
         self.accept_loop(listener, |stream, peer| {
             tokio::spawn(self.accept(stream, peer));
@@ -287,6 +291,9 @@ impl Hub {
     /// error), [`HistoryError::Backplane`](crate::HistoryError::Backplane) when the shared log
     /// cannot be read.
     ///
+    /// # Cancel safety
+    /// Reading has no side effect: dropping the future loses nothing.
+    ///
     /// ```
     /// # async fn f(hub: &wshub::Hub) -> Result<(), wshub::HistoryError> {
     /// for (position, message) in hub.history("board", None).await? {
@@ -307,6 +314,16 @@ impl Hub {
     ///
     /// # Errors
     /// [`BackplaneError`] when the shared state cannot be read.
+    ///
+    /// # Cancel safety
+    /// Reading has no side effect: dropping the future loses nothing.
+    ///
+    /// ```
+    /// # async fn f(hub: &wshub::Hub) -> Result<(), wshub::BackplaneError> {
+    /// let here = hub.presence("room:7").await?;
+    /// println!("{} present", here.len());
+    /// # Ok(()) }
+    /// ```
     pub async fn presence(&self, topic: &str) -> Result<Vec<PresenceEntry>, BackplaneError> {
         self.engine.presence(topic).await
     }

@@ -79,6 +79,8 @@ struct State {
     waker: Option<Waker>,
     /// The connection was woken and has not drained since: no need to wake it again.
     notified: bool,
+    /// A streamed replay waiting for the queue to drain to half (see [`Outbox::poll_room`]).
+    room: Option<Waker>,
     high_water: usize,
 }
 
@@ -119,6 +121,7 @@ impl Outbox {
                 phase: Phase::Open,
                 waker: None,
                 notified: false,
+                room: None,
                 high_water: 0,
             }),
             max_bytes: config.max_queue_bytes,
@@ -199,11 +202,13 @@ impl Outbox {
             )));
             st.phase = Phase::Closing;
             self.open.store(false, Ordering::Release);
+            Self::wake_room(&mut st);
             Self::wake(&mut st);
         }
     }
 
     fn begin_close(&self, st: &mut State, frame: CloseFrame) {
+        Self::wake_room(st);
         self.open.store(false, Ordering::Release);
         st.close = Some(Box::new(frame::encode_close(Some(&frame))));
         st.close_frame = Some(Box::new(frame));
@@ -237,6 +242,7 @@ impl Outbox {
         let mut st = self.lock();
         if st.phase != Phase::Gone && !matches!(st.phase, Phase::Aborted(_)) {
             st.phase = Phase::Aborted(why);
+            Self::wake_room(&mut st);
             self.open.store(false, Ordering::Release);
             let code = match why {
                 Abort::PingTimeout => 1,
@@ -266,6 +272,7 @@ impl Outbox {
         let mut st = self.lock();
         let mut out = Drained::default();
         if matches!(st.phase, Phase::Aborted(_) | Phase::Gone) {
+            Self::wake_room(&mut st);
             return out;
         }
         for pong in std::mem::take(&mut st.pongs) {
@@ -292,6 +299,9 @@ impl Outbox {
                 out.close_written = true;
             }
         }
+        if self.has_room(&st) || st.phase != Phase::Open {
+            Self::wake_room(&mut st);
+        }
         if st.frames.is_empty() && st.close.is_none() {
             // Everything is taken: the next push wakes the connection. Registering now saves
             // the connection a second look at an empty queue after writing this batch.
@@ -313,6 +323,31 @@ impl Outbox {
         match &st.waker {
             Some(w) if w.will_wake(waker) => {}
             _ => st.waker = Some(waker.clone()),
+        }
+    }
+
+    /// `Ready(true)` once the queue is at most half full (so a streamed replay may add to
+    /// it without ever filling it), `Ready(false)` once the session no longer takes data;
+    /// else `Pending`, woken by the drain that makes room.
+    pub(crate) fn poll_room(&self, cx: &mut std::task::Context<'_>) -> std::task::Poll<bool> {
+        let mut st = self.lock();
+        if st.phase != Phase::Open {
+            return std::task::Poll::Ready(false);
+        }
+        if self.has_room(&st) {
+            return std::task::Poll::Ready(true);
+        }
+        st.room = Some(cx.waker().clone());
+        std::task::Poll::Pending
+    }
+
+    fn has_room(&self, st: &State) -> bool {
+        st.frames.len() <= self.max_messages / 2 && st.bytes <= self.max_bytes / 2
+    }
+
+    fn wake_room(st: &mut State) {
+        if let Some(w) = st.room.take() {
+            w.wake();
         }
     }
 
@@ -344,5 +379,6 @@ impl Outbox {
         st.pongs = Vec::new();
         st.close = None;
         st.waker = None;
+        Self::wake_room(&mut st);
     }
 }

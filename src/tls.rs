@@ -54,6 +54,10 @@ impl Hub {
     /// hub.serve_tls(listener, Arc::new(tls)).await?;
     /// # Ok(()) }
     /// ```
+    ///
+    /// # Cancel safety
+    /// Dropping the future stops accepting; connections already accepted (and TLS handshakes
+    /// under way) run on in their own tasks.
     #[cfg_attr(docsrs, doc(cfg(feature = "tls")))]
     pub async fn serve_tls(
         self,

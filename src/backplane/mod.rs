@@ -136,6 +136,9 @@ pub trait Backplane: Send + Sync + 'static {
     /// # Errors
     /// [`BackplaneError::Unsupported`] unless the backplane implements it; a connection error
     /// when the shared state cannot be read.
+    ///
+    /// # Cancel safety
+    /// A read: dropping the future loses nothing. Implementations must keep it so.
     async fn cluster_sessions(&self) -> Result<ClusterCount, BackplaneError> {
         Err(BackplaneError::Unsupported)
     }
@@ -143,6 +146,9 @@ pub trait Backplane: Send + Sync + 'static {
     /// Subscribers of `topic` on each live node of the cluster.
     ///
     /// # Errors
+    /// As [`cluster_sessions`](Self::cluster_sessions).
+    ///
+    /// # Cancel safety
     /// As [`cluster_sessions`](Self::cluster_sessions).
     async fn cluster_subscribers(&self, topic: &str) -> Result<ClusterCount, BackplaneError> {
         let _ = topic;
@@ -183,6 +189,10 @@ pub trait Backplane: Send + Sync + 'static {
     ///
     /// # Errors
     /// A connection error when it cannot be established.
+    ///
+    /// # Cancel safety
+    /// Dropping the future must leave nothing behind but the topic's subscription, which
+    /// [`interest_changed`](Self::interest_changed) reconciles.
     async fn topic_ready(&self, topic: &str) -> Result<(), BackplaneError> {
         let _ = topic;
         Ok(())
@@ -193,6 +203,9 @@ pub trait Backplane: Send + Sync + 'static {
     /// # Errors
     /// [`BackplaneError::Unsupported`] unless [`keeps_history`](Self::keeps_history); a
     /// connection error.
+    ///
+    /// # Cancel safety
+    /// A read: dropping the future loses nothing. Implementations must keep it so.
     async fn history_read(
         &self,
         topic: &str,
@@ -213,6 +226,9 @@ pub trait Backplane: Send + Sync + 'static {
     ///
     /// # Errors
     /// [`BackplaneError::Unsupported`] unless implemented; a connection error.
+    ///
+    /// # Cancel safety
+    /// A read: dropping the future loses nothing. Implementations must keep it so.
     async fn cluster_presence(
         &self,
         topic: &str,

@@ -15,10 +15,13 @@ use std::time::Instant;
 use super::history::{
     HistoryError, HistoryPolicy, Log, Position, Recovered, Recovering, Shard, state,
 };
+use bytes::Bytes;
+
 use super::{Delivery, Engine, Target};
 use crate::backplane::{Backplane, BackplaneError, Confirm, Remote};
 use crate::frame;
 use crate::message::{CloseCode, CloseFrame, Message};
+use crate::outbox::Pushed;
 use crate::registry::Joined;
 use crate::session::{Session, SessionId};
 
@@ -106,6 +109,13 @@ pub(crate) fn deliver_recorded(
 }
 
 /// Subscribes `session` to `topic`, replaying what it missed since `since`.
+///
+/// A replay that fits in half the session's queue is queued and joined at once, under the
+/// topic's history lock. A longer one is **streamed**: queued as the queue drains, from the
+/// log's own (reference-counted) messages, then the session joins live under the lock; what
+/// was published meanwhile is taken from the log in order first. A replay that cannot be
+/// completed (the log moved past it, the reader stalled under a drop policy) ends with an
+/// `unrecoverable` message and a live subscription, never with a silent gap.
 pub(crate) async fn join(
     session: &Session,
     topic: &str,
@@ -118,46 +128,211 @@ pub(crate) async fn join(
             None => Recovered::Live { position: None },
             Some(_) => Recovered::Unrecoverable { current: None },
         };
-        let joined = replay_and_subscribe(engine, session, topic, &outcome, Vec::new());
+        let joined = replay_and_subscribe(engine, session, topic, Some(&outcome), Vec::new());
         return finish_join(session, topic, joined).map(|()| outcome);
     };
     if let Some(bp) = cluster(engine) {
         return join_cluster(session, bp, topic, since, policy).await;
     }
-    let now = Instant::now();
-    let mut shard = engine.histories.lock(topic);
-    let log = state(&mut shard, topic).log.get_or_insert_with(Log::new);
-    log.trim(policy, now);
-    let current = log.current();
-    let (outcome, replay) = match since.map(|p| log.since(p)) {
-        None => (
-            Recovered::Live {
-                position: Some(current),
-            },
-            Vec::new(),
-        ),
-        Some(Some(replay)) => (
-            Recovered::Replayed {
-                messages: replay.len(),
-                position: current,
-            },
-            replay,
-        ),
-        Some(None) => (
-            Recovered::Unrecoverable {
-                current: Some(current),
-            },
-            Vec::new(),
-        ),
+    let (outcome, replay) = {
+        let mut shard = engine.histories.lock(topic);
+        let log = state(&mut shard, topic).log.get_or_insert_with(Log::new);
+        log.trim(policy, Instant::now());
+        let current = log.current();
+        let (outcome, replay) = match since.map(|p| log.since(p)) {
+            None => (
+                Recovered::Live {
+                    position: Some(current),
+                },
+                Vec::new(),
+            ),
+            Some(Some(replay)) => (
+                Recovered::Replayed {
+                    messages: replay.len(),
+                    position: current,
+                },
+                replay,
+            ),
+            Some(None) => (
+                Recovered::Unrecoverable {
+                    current: Some(current),
+                },
+                Vec::new(),
+            ),
+        };
+        let replay = pending(replay);
+        if fits(engine, &replay) {
+            // Replayed and joined under the topic's history lock: the seam with `publish`.
+            let frames = frames(engine, topic, replay);
+            let joined = replay_and_subscribe(engine, session, topic, Some(&outcome), frames);
+            drop(shard);
+            return finish_join(session, topic, joined).map(|()| outcome);
+        }
+        answer(engine, session, topic, &outcome);
+        (outcome, replay)
     };
-    let frames = replay
-        .iter()
-        .map(|(p, m)| engine.publication_frame(topic, Some(*p), m))
-        .collect();
-    // Replayed and joined under the topic's history lock: the seam with `publish`.
-    let joined = replay_and_subscribe(engine, session, topic, &outcome, frames);
+    // Streamed: the answer is queued; the replay follows as the queue drains.
+    let mut last = match stream(engine, session, topic, replay).await? {
+        Streamed::Done(last) => last,
+        Streamed::GaveUp(lost) => return Ok(lost),
+    };
+    loop {
+        let rest = {
+            let mut shard = engine.histories.lock(topic);
+            let log = state(&mut shard, topic).log.get_or_insert_with(Log::new);
+            log.trim(policy, Instant::now());
+            let current = log.current();
+            match last.and_then(|p| log.since(p)).map(pending) {
+                Some(rest) if fits(engine, &rest) => {
+                    let frames = frames(engine, topic, rest);
+                    let joined = replay_and_subscribe(engine, session, topic, None, frames);
+                    drop(shard);
+                    return finish_join(session, topic, joined).map(|()| outcome);
+                }
+                Some(rest) => rest,
+                None => {
+                    // The log moved past what was sent (trimmed while the reader caught up).
+                    let lost = Recovered::Unrecoverable {
+                        current: Some(current),
+                    };
+                    let joined =
+                        replay_and_subscribe(engine, session, topic, Some(&lost), Vec::new());
+                    drop(shard);
+                    tracing::info!(id = %session.id(), %topic, "replay overtaken by the log; sent unrecoverable");
+                    return finish_join(session, topic, joined).map(|()| lost);
+                }
+            }
+        };
+        match stream(engine, session, topic, rest).await? {
+            Streamed::Done(Some(p)) => last = Some(p),
+            Streamed::Done(None) => {}
+            Streamed::GaveUp(lost) => return Ok(lost),
+        }
+    }
+}
+
+/// A publication waiting to be queued for one session: a message from a log (framed when it
+/// is queued, so a streamed replay holds the log's reference-counted messages, not frames),
+/// or a frame already built for the topic's live subscribers.
+enum Item {
+    Message(Message),
+    Framed(Bytes),
+}
+
+impl Item {
+    fn len(&self) -> usize {
+        match self {
+            Item::Message(m) => m.len() + 64,
+            Item::Framed(f) => f.len(),
+        }
+    }
+
+    fn frame(self, engine: &Engine, topic: &str, position: Position) -> Bytes {
+        match self {
+            Item::Message(m) => engine.publication_frame(topic, Some(position), &m),
+            Item::Framed(f) => f,
+        }
+    }
+}
+
+type Pending = Vec<(Position, Item)>;
+
+fn pending(replay: Vec<(Position, Message)>) -> Pending {
+    replay
+        .into_iter()
+        .map(|(p, m)| (p, Item::Message(m)))
+        .collect()
+}
+
+/// Whether a replay is small enough to queue at once: at most half the session's queue.
+fn fits(engine: &Engine, replay: &Pending) -> bool {
+    let config = &engine.config;
+    let bytes: usize = replay.iter().map(|(_, m)| m.len()).sum();
+    replay.len() <= config.max_queue_messages / 2 && bytes <= config.max_queue_bytes / 2
+}
+
+fn frames(engine: &Engine, topic: &str, replay: Pending) -> Vec<Bytes> {
+    replay
+        .into_iter()
+        .map(|(p, item)| item.frame(engine, topic, p))
+        .collect()
+}
+
+/// Queues the answer to a subscribe (with the envelope).
+fn answer(engine: &Engine, session: &Session, topic: &str, outcome: &Recovered) {
+    if engine.config.envelope {
+        let frame = frame::encode_text(&crate::protocol::subscribed(topic, outcome));
+        let _ = engine.deliver_to(&session.inner, frame);
+    }
+}
+
+/// How a streamed replay ended.
+enum Streamed {
+    /// Everything was queued; the position of the last one, if any.
+    Done(Option<Position>),
+    /// It could not be completed (the reader stalled, or a replayed message was dropped,
+    /// under a drop policy): the session was told `unrecoverable` and joined live.
+    GaveUp(Recovered),
+}
+
+/// Queues `replay` as the session's queue drains, each publication when the queue is at
+/// most half full, so a replay of any length never overflows it.
+///
+/// # Errors
+/// [`HistoryError::Closing`] when the session closed meanwhile (or the slow-consumer policy
+/// closed it because it stopped reading).
+async fn stream(
+    engine: &Engine,
+    session: &Session,
+    topic: &str,
+    replay: Pending,
+) -> Result<Streamed, HistoryError> {
+    let s = &session.inner;
+    let stall = engine.config.ping_timeout;
+    let mut last = None;
+    let mut broken = false;
+    for (position, item) in replay {
+        let room = std::future::poll_fn(|cx| s.outbox.poll_room(cx));
+        match tokio::time::timeout(stall, room).await {
+            Ok(true) => {}
+            Ok(false) => return Err(HistoryError::Closing),
+            Err(_) => {
+                tracing::info!(id = %s.id, %topic, "slow consumer: stalled during a replay");
+                let mut report = Delivery::default();
+                if engine.config.slow_consumer == crate::SlowConsumerPolicy::Disconnect {
+                    engine.close_session(s, CloseFrame::new(CloseCode::POLICY, "slow consumer"));
+                    report.disconnected = 1;
+                    engine.counters.delivery(&report);
+                    return Err(HistoryError::Closing);
+                }
+                report.dropped = 1;
+                engine.counters.delivery(&report);
+                broken = true;
+                break;
+            }
+        }
+        match engine.deliver_to(s, item.frame(engine, topic, position)) {
+            Pushed::Queued => last = Some(position),
+            Pushed::Closed | Pushed::Disconnected => return Err(HistoryError::Closing),
+            Pushed::DroppedNewest | Pushed::QueuedDroppingOldest(_) => {
+                broken = true;
+                break;
+            }
+        }
+    }
+    if !broken {
+        return Ok(Streamed::Done(last));
+    }
+    // Under a drop policy the session stays: tell it what it lost, then go live.
+    let shard = engine.histories.lock(topic);
+    let current = shard
+        .get(topic)
+        .and_then(|t| t.log.as_ref().map(Log::current));
+    let lost = Recovered::Unrecoverable { current };
+    let joined = replay_and_subscribe(engine, session, topic, Some(&lost), Vec::new());
     drop(shard);
-    finish_join(session, topic, joined).map(|()| outcome)
+    finish_join(session, topic, joined)?;
+    Ok(Streamed::GaveUp(lost))
 }
 
 /// Queues the answer (with the envelope) and the replay, then subscribes; the caller holds
@@ -166,14 +341,13 @@ fn replay_and_subscribe(
     engine: &Engine,
     session: &Session,
     topic: &str,
-    outcome: &Recovered,
-    frames: Vec<bytes::Bytes>,
+    outcome: Option<&Recovered>,
+    frames: Vec<Bytes>,
 ) -> Result<Joined, HistoryError> {
     let s = &session.inner;
-    let answer = engine
-        .config
-        .envelope
-        .then(|| frame::encode_text(&crate::protocol::subscribed(topic, outcome)));
+    let answer = outcome
+        .filter(|_| engine.config.envelope)
+        .map(|outcome| frame::encode_text(&crate::protocol::subscribed(topic, outcome)));
     engine.deliver_all_to(s, answer.into_iter().chain(frames));
     engine
         .registry
@@ -209,6 +383,17 @@ impl RecoveringGuard<'_> {
         let t = shard.get_mut(self.topic)?;
         let i = t.recovering.iter().position(|r| r.id == self.id)?;
         Some(t.recovering.swap_remove(i))
+    }
+
+    /// Empties the entry's buffer (it keeps collecting), returning what it held.
+    fn drain(&self, shard: &mut Shard<'_>) -> Option<Recovering> {
+        let t = shard.get_mut(self.topic)?;
+        let r = t.recovering.iter_mut().find(|r| r.id == self.id)?;
+        Some(Recovering {
+            id: r.id,
+            buffer: std::mem::take(&mut r.buffer),
+            overflowed: std::mem::take(&mut r.overflowed),
+        })
     }
 }
 
@@ -247,38 +432,15 @@ async fn join_cluster(
     // 2. Make sure the backplane delivers the topic's publications here, then read the log:
     //    whatever the read misses arrives live into the buffer.
     bp.interest_changed(topic);
-    let read = async {
-        bp.topic_ready(topic).await?;
-        let read = bp.history_read(topic, since, policy).await?;
-        // Publications the read saw may still be on their way here: wait until they are in
-        // the buffer, where the offset filter below drops them.
-        bp.topic_ready(topic).await?;
-        Ok::<_, BackplaneError>(read)
-    }
-    .await;
-    // 3. Replay, then the buffered publications that follow it, then join, all under the
-    //    topic's lock so that no live publication slips in between.
-    let mut shard = engine.histories.lock(topic);
-    let mine = guard.take(&mut shard);
+    let read = read_cluster(bp, topic, since, policy).await;
     let read = match read {
         Ok(read) => read,
         Err(e) => {
-            drop(shard);
             drop(guard);
             bp.interest_changed(topic);
             return Err(e.into());
         }
     };
-    let mine = mine.unwrap_or(Recovering {
-        id: s.id,
-        buffer: Vec::new(),
-        overflowed: false,
-    });
-    if mine.overflowed {
-        drop(shard);
-        engine.close_session(s, CloseFrame::new(CloseCode::POLICY, "slow consumer"));
-        return Err(HistoryError::Closing);
-    }
     let current = read.current;
     let (outcome, replay) = match since {
         None => (
@@ -301,26 +463,88 @@ async fn join_cluster(
             Vec::new(),
         ),
     };
-    let replayed = replay
-        .into_iter()
-        .map(|(p, m)| engine.publication_frame(topic, Some(p), &m));
-    // Live ones the read already covered are dropped (dedupe by offset); those of another
-    // epoch (the history was reset during the read) are not comparable and are kept.
-    let live = mine
-        .buffer
-        .into_iter()
-        .filter(|(p, _)| p.epoch != current.epoch || p.offset > current.offset)
-        .map(|(_, f)| f);
-    let joined = replay_and_subscribe(
-        engine,
-        session,
-        topic,
-        &outcome,
-        replayed.chain(live).collect(),
-    );
-    drop(shard);
-    drop(guard);
-    finish_join(session, topic, joined).map(|()| outcome)
+    // 3. Replay, then the buffered publications that follow it, then join: at once under the
+    //    topic's lock when it fits (no live publication slips in between), else streamed as
+    //    the queue drains, with the buffer — or, when it overflowed, the log — followed
+    //    until what is left fits.
+    let mut queue = pending(replay);
+    let mut answered = false;
+    // Everything up to `last` is queued or in `queue`; the buffer's older entries are dropped.
+    let mut last = current;
+    loop {
+        let overflowed = {
+            let mut shard = engine.histories.lock(topic);
+            let Some(mine) = guard.drain(&mut shard) else {
+                return Err(HistoryError::Closing);
+            };
+            // Live ones the read already covered are dropped (dedupe by offset); those of
+            // another epoch (the history was reset during the read) are not comparable and
+            // are kept.
+            if !mine.overflowed {
+                queue.extend(
+                    mine.buffer
+                        .into_iter()
+                        .filter(|(p, _)| newer(last, p))
+                        .map(|(p, f)| (p, Item::Framed(f))),
+                );
+            }
+            if !mine.overflowed && fits(engine, &queue) {
+                let _ = guard.take(&mut shard);
+                let frames = frames(engine, topic, std::mem::take(&mut queue));
+                let outcome_once = (!answered).then_some(&outcome);
+                let joined = replay_and_subscribe(engine, session, topic, outcome_once, frames);
+                drop(shard);
+                drop(guard);
+                return finish_join(session, topic, joined).map(|()| outcome);
+            }
+            mine.overflowed
+        };
+        if !answered {
+            answer(engine, session, topic, &outcome);
+            answered = true;
+        }
+        let newest = queue.last().map(|(p, _)| *p).filter(|p| newer(last, p));
+        match stream(engine, session, topic, std::mem::take(&mut queue)).await? {
+            Streamed::Done(_) => last = newest.unwrap_or(last),
+            Streamed::GaveUp(lost) => return Ok(lost),
+        }
+        if overflowed {
+            // The buffer lost publications: read them back from the shared log.
+            let again = read_cluster(bp, topic, Some(last), policy).await?;
+            if !again.complete {
+                let lost = Recovered::Unrecoverable {
+                    current: Some(again.current),
+                };
+                let joined = {
+                    let mut shard = engine.histories.lock(topic);
+                    let _ = guard.take(&mut shard);
+                    replay_and_subscribe(engine, session, topic, Some(&lost), Vec::new())
+                };
+                drop(guard);
+                return finish_join(session, topic, joined).map(|()| lost);
+            }
+            queue = pending(again.entries);
+        }
+    }
+}
+
+/// Whether `p` comes after `last` (or belongs to another epoch, so cannot be compared).
+fn newer(last: Position, p: &Position) -> bool {
+    p.epoch != last.epoch || p.offset > last.offset
+}
+
+/// Reads the shared log after `since` once the backplane delivers the topic here, then waits
+/// until what the read saw has arrived (so the buffer's offset filter can drop it).
+async fn read_cluster(
+    bp: &Arc<dyn Backplane>,
+    topic: &str,
+    since: Option<Position>,
+    policy: &HistoryPolicy,
+) -> Result<crate::backplane::HistoryRead, BackplaneError> {
+    bp.topic_ready(topic).await?;
+    let read = bp.history_read(topic, since, policy).await?;
+    bp.topic_ready(topic).await?;
+    Ok(read)
 }
 
 /// `Hub::history`: the publications after `since` (all kept ones when `None`).

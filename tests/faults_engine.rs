@@ -1,0 +1,181 @@
+//! Guarantees on one node under stress: each test names the guarantee it tries to break.
+//! (The Redis faults are in `tests/faults.rs`.)
+
+mod support;
+
+use serde_json::Value;
+use support::{Client, connect, recv_text, send_text};
+use tokio::net::TcpListener;
+use wshub::protocol::ClientCommand;
+use wshub::{Config, Handler, HistoryPolicy, Hub, Message, Position, Session, SlowConsumerPolicy};
+
+/// Applies the JSON protocol's commands.
+struct App;
+
+#[wshub::async_trait]
+impl Handler for App {
+    async fn on_message(&self, s: &Session, m: Message) {
+        if let Some(command) = ClientCommand::parse(&m) {
+            let _ = s.apply(&command).await;
+        }
+    }
+}
+
+async fn serve(config: Config) -> (Hub, std::net::SocketAddr) {
+    let hub = Hub::builder(App)
+        .config(config.ping_interval(None).idle_timeout(None))
+        .build();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(hub.clone().serve(listener));
+    (hub, addr)
+}
+
+async fn recv_json(c: &mut Client) -> Value {
+    serde_json::from_str(&recv_text(c).await).expect("a JSON envelope")
+}
+
+fn subscribe_since(topic: &str, p: Position) -> String {
+    format!(
+        r#"{{"type":"subscribe","topic":"{topic}","since":{{"epoch":"{}","offset":{}}}}}"#,
+        p.epoch, p.offset
+    )
+}
+
+/// Guarantee: a replay of any length the history holds is delivered completely, streamed as
+/// the queue drains, with the live publications after it in order — whatever the
+/// slow-consumer policy. Before: the whole replay was pushed into the 4,096-message queue at
+/// once, so 10,000 missed publications got the client closed with 1008 (Disconnect) or
+/// silently lost most of them while `subscribed` announced them all (drop policies).
+async fn replay_longer_than_the_queue(policy: SlowConsumerPolicy) {
+    const MISSED: u64 = 10_000;
+    const LIVE: u64 = 2_000;
+    let config = Config::default()
+        .history("feed", HistoryPolicy::new(100_000, None))
+        .envelope(true)
+        .slow_consumer_policy(policy);
+    let (hub, addr) = serve(config).await;
+    // The topic's epoch, from a first publication.
+    let first = hub.publish("feed", "0").position.expect("a position");
+    for i in 1..MISSED {
+        hub.publish("feed", format!("{i:0>200}"));
+    }
+    let mut c = connect(addr).await;
+    send_text(
+        &mut c,
+        &subscribe_since("feed", Position::new(first.epoch, 0)),
+    )
+    .await;
+    let reply = recv_json(&mut c).await;
+    assert_eq!(reply["type"], "subscribed", "{reply}");
+    assert_eq!(reply["replayed"], MISSED);
+    // Publishing goes on during the replay.
+    let publisher = {
+        let hub = hub.clone();
+        tokio::spawn(async move {
+            for i in 0..LIVE {
+                hub.publish("feed", format!("live {i}"));
+                if i % 100 == 0 {
+                    tokio::task::yield_now().await;
+                }
+            }
+        })
+    };
+    let mut expected = 1;
+    support::within("every publication, in order", async {
+        while expected <= MISSED + LIVE {
+            let m = recv_json(&mut c).await;
+            assert_eq!(m["type"], "pub", "{m}");
+            assert_eq!(m["offset"], expected, "a gap or a repeat at {expected}");
+            expected += 1;
+        }
+    })
+    .await;
+    publisher.await.unwrap();
+    assert_eq!(
+        hub.subscriber_count("feed"),
+        1,
+        "joined live after the replay"
+    );
+    let stats = hub.stats();
+    assert_eq!(
+        stats.messages_dropped + stats.slow_consumer_disconnects,
+        0,
+        "{stats:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replay_longer_than_the_queue_arrives_whole_under_disconnect() {
+    replay_longer_than_the_queue(SlowConsumerPolicy::Disconnect).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replay_longer_than_the_queue_arrives_whole_under_drop_newest() {
+    replay_longer_than_the_queue(SlowConsumerPolicy::DropNewest).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replay_longer_than_the_queue_arrives_whole_under_drop_oldest() {
+    replay_longer_than_the_queue(SlowConsumerPolicy::DropOldest).await;
+}
+
+/// Guarantee: a replay that the log overtakes (trimmed while the client reads slowly) ends
+/// with `unrecoverable`, never with a silent gap; the session then follows live.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replay_overtaken_by_the_log_is_announced_unrecoverable() {
+    let config = Config::default()
+        .history("feed", HistoryPolicy::new(6_000, None))
+        .envelope(true)
+        .max_queue_messages(64);
+    let (hub, addr) = serve(config).await;
+    let first = hub.publish("feed", "0").position.unwrap();
+    for i in 1..6_000 {
+        hub.publish("feed", format!("{i}"));
+    }
+    let mut c = connect(addr).await;
+    send_text(
+        &mut c,
+        &subscribe_since("feed", Position::new(first.epoch, 0)),
+    )
+    .await;
+    assert_eq!(recv_json(&mut c).await["type"], "subscribed");
+    // Read a little, then publish far more than the history keeps.
+    for _ in 0..10 {
+        assert_eq!(recv_json(&mut c).await["type"], "pub");
+    }
+    for i in 0..20_000 {
+        hub.publish("feed", format!("later {i}"));
+    }
+    let mut last = 10;
+    let told = support::within("an unrecoverable message", async {
+        loop {
+            let m = recv_json(&mut c).await;
+            match m["type"].as_str() {
+                Some("pub") => {
+                    let offset = m["offset"].as_u64().unwrap();
+                    assert_eq!(offset, last + 1, "a silent gap");
+                    last = offset;
+                }
+                Some("unrecoverable") => return m,
+                other => panic!("unexpected {other:?}: {m}"),
+            }
+        }
+    })
+    .await;
+    let current = told["position"]["offset"].as_u64().unwrap();
+    assert!(current >= 6_000, "{told}");
+    // Live from there: the next publication follows the announced position.
+    let next = hub.publish("feed", "after").position.unwrap();
+    assert_eq!(next.offset, current + 1);
+    let m = support::within("the live publication", async {
+        loop {
+            let m = recv_json(&mut c).await;
+            if m["data"] == "after" {
+                return m;
+            }
+        }
+    })
+    .await;
+    assert_eq!(m["offset"], next.offset);
+}
