@@ -120,6 +120,14 @@ impl Config {
     /// stalled client can hold on the server (plus one write batch). A single message larger
     /// than the limit is still accepted into an empty queue.
     ///
+    /// The limits apply to what a reader is really owed: once its socket has refused data
+    /// (it is not keeping up), a push beyond them triggers the
+    /// [`SlowConsumerPolicy`]. While the socket still takes everything written to it, a burst
+    /// may queue up to 4 times the limits — the connection is about to write it, as the
+    /// kernel's buffer absorbs a burst on a server that writes through — so a burst larger
+    /// than the queue does not close a reader that keeps up. The worst case per session is
+    /// therefore 4 × the limit, for the moment a burst lasts.
+    ///
     /// Threat: a client that stops reading (or reads slowly on purpose) while the application
     /// keeps pushing, making the server hold everything it owes that client.
     #[must_use]

@@ -410,6 +410,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             }
             if self.pending.capacity() > 0 {
                 self.pending = BytesMut::new();
+                // The socket took what it had refused: bursts may queue again.
+                self.session.outbox.set_socket_full(false);
             }
             let wrote = WRITE_BUF.with_borrow_mut(|buf| {
                 buf.clear();
@@ -435,6 +437,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
                 }
                 if off < buf.len() {
                     self.pending.extend_from_slice(&buf[off..]);
+                    // The reader is not keeping up: the queue limits apply from now on.
+                    self.session.outbox.set_socket_full(true);
                 }
                 if buf.capacity() > 4 * batch {
                     *buf = Vec::new();

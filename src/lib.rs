@@ -71,7 +71,8 @@
 //! - **Bounded.** Each session's queue is limited in bytes and messages
 //!   ([`Config::max_queue_bytes`], [`Config::max_queue_messages`]). When it is full, the
 //!   [`SlowConsumerPolicy`] applies — disconnect with 1008 (default), drop the newest, or drop
-//!   the oldest — and the sender learns what happened: [`SendError::Full`] from `send_to`, the
+//!   the oldest — once the client's socket has refused data (a burst to a reader that keeps
+//!   up may briefly queue up to 4× the limits) — and the sender learns what happened: [`SendError::Full`] from `send_to`, the
 //!   counts of a [`Delivery`] from `broadcast`/`publish`. Nothing is dropped uncounted.
 //! - **Never blocking.** Sending is a synchronous push; no lock is held across an `.await`,
 //!   and a stalled client only ever fills its own queue.

@@ -21,6 +21,10 @@ use crate::stats::Counters;
 /// Pongs kept owed before later pings replace the newest one.
 const MAX_PONGS: usize = 16;
 
+/// While the socket still takes everything written to it, a burst may queue this many times
+/// the configured limits before the slow-consumer policy applies (see [`Outbox::push`]).
+pub(crate) const BURST_FACTOR: usize = 4;
+
 /// The result of one push.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Pushed {
@@ -90,6 +94,8 @@ pub(crate) struct Outbox {
     /// written under the mutex, read without it.
     open: AtomicBool,
     aborted: AtomicU8,
+    /// The socket refused part of the last write: the connection holds unwritten bytes.
+    socket_full: AtomicBool,
     counters: Arc<Counters>,
     max_bytes: usize,
     max_messages: usize,
@@ -110,6 +116,7 @@ impl Outbox {
         Outbox {
             open: AtomicBool::new(true),
             aborted: AtomicU8::new(0),
+            socket_full: AtomicBool::new(false),
             counters,
             state: Mutex::new(State {
                 frames: VecDeque::new(),
@@ -137,15 +144,26 @@ impl Outbox {
     }
 
     /// Queues one pre-framed data message, applying the slow-consumer policy when full.
+    ///
+    /// "Full" means over the configured limits **once the socket has refused data** (the
+    /// reader is not keeping up): that is what the limits bound. While the socket still takes
+    /// everything, a burst may queue up to [`BURST_FACTOR`] times the limits, since the
+    /// connection task is about to write it — as a server that writes through to the kernel
+    /// would have the kernel's buffer absorb it.
     pub(crate) fn push(&self, frame: Bytes) -> Pushed {
         let mut st = self.lock();
         if st.phase != Phase::Open {
             return Pushed::Closed;
         }
         let len = frame.len();
+        let factor = if self.socket_full.load(Ordering::Acquire) {
+            1
+        } else {
+            BURST_FACTOR
+        };
+        let (max_messages, max_bytes) = (self.max_messages * factor, self.max_bytes * factor);
         let full = |st: &State| {
-            !st.frames.is_empty()
-                && (st.frames.len() >= self.max_messages || st.bytes + len > self.max_bytes)
+            !st.frames.is_empty() && (st.frames.len() >= max_messages || st.bytes + len > max_bytes)
         };
         let mut result = Pushed::Queued;
         if full(&st) {
@@ -356,6 +374,14 @@ impl Outbox {
             0 => None,
             1 => Some(Abort::PingTimeout),
             _ => Some(Abort::CloseTimeout),
+        }
+    }
+
+    /// The connection's write side: whether the socket refused part of the last write
+    /// (`true`) or took everything (`false`).
+    pub(crate) fn set_socket_full(&self, full: bool) {
+        if self.socket_full.load(Ordering::Relaxed) != full {
+            self.socket_full.store(full, Ordering::Release);
         }
     }
 

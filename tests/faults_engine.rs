@@ -179,3 +179,69 @@ async fn a_replay_overtaken_by_the_log_is_announced_unrecoverable() {
     .await;
     assert_eq!(m["offset"], next.offset);
 }
+
+/// Guarantee: the queue limit bounds what is owed to a reader that does not keep up, not
+/// the size of one burst to readers that do. A publisher sends bursts of 20 × 64 KiB
+/// (1.3 MiB, over the 1 MiB default) every 100 ms; two readers that read at once must get
+/// every message and never be closed. Before: each burst was queued whole before the
+/// connection task wrote any of it, and the readers got 1008.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bursts_larger_than_the_queue_reach_readers_that_keep_up() {
+    const ROUNDS: usize = 10;
+    const BURST: usize = 20;
+    let (hub, addr) = serve(Config::default()).await;
+    let mut readers = Vec::new();
+    for _ in 0..2 {
+        let mut c = connect(addr).await;
+        readers.push(tokio::spawn(async move {
+            let mut got = 0;
+            while got < ROUNDS * BURST {
+                let m = recv_text(&mut c).await;
+                assert_eq!(m.len(), 64 * 1024);
+                got += 1;
+            }
+            got
+        }));
+    }
+    support::wait_until("both readers", || hub.session_count() == 2).await;
+    let payload = "x".repeat(64 * 1024);
+    let mut tick = tokio::time::interval(std::time::Duration::from_millis(100));
+    for _ in 0..ROUNDS {
+        tick.tick().await;
+        for _ in 0..BURST {
+            let d = hub.broadcast(payload.as_str());
+            assert_eq!(
+                d.disconnected + d.dropped,
+                0,
+                "a reader that keeps up lost a burst"
+            );
+        }
+    }
+    for r in readers {
+        assert_eq!(
+            support::within("a reader", r).await.unwrap(),
+            ROUNDS * BURST
+        );
+    }
+    assert_eq!(hub.stats().slow_consumer_disconnects, 0);
+}
+
+/// Guarantee: a reader that stops is still closed with 1008, and what it is owed stays
+/// bounded: the queue's high-water mark stays within the burst allowance (4 × the limit).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reader_that_stops_is_still_closed_with_bounded_memory() {
+    let (hub, addr) = serve(Config::default()).await;
+    let _stalled = connect(addr).await; // never reads
+    support::wait_until("the reader", || hub.session_count() == 1).await;
+    let payload = "y".repeat(64 * 1024);
+    support::within("the slow consumer's disconnection", async {
+        while hub.stats().slow_consumer_disconnects == 0 {
+            hub.broadcast(payload.as_str());
+            tokio::task::yield_now().await;
+        }
+    })
+    .await;
+    let high = hub.stats().queue_high_water_bytes as usize;
+    let limit = Config::default().get_max_queue_bytes();
+    assert!(high <= 4 * limit + payload.len() + 16, "high water {high}");
+}

@@ -238,10 +238,7 @@ async fn disconnect_policy_closes_the_slow_client_with_1008() {
     assert_eq!(s.messages_queued, f.totals.queued as u64);
     // The broadcasts' refusals after the disconnect, and the `send_to` above.
     assert_eq!(s.messages_dropped, f.totals.dropped as u64 + 1);
-    assert_eq!(
-        s.queue_high_water_bytes, FULL_QUEUE as u64,
-        "over the budget"
-    );
+    assert_queue_bounded(s.queue_high_water_bytes);
     assert_eq!(f.t.close_count(f.slow_id), 1);
 }
 
@@ -270,10 +267,7 @@ async fn drop_newest_policy_discards_new_messages_and_counts_them() {
     assert_eq!(s.slow_consumer_disconnects, 0);
     assert_eq!(s.messages_queued, f.totals.queued as u64);
     assert_eq!(s.messages_dropped, f.totals.dropped as u64);
-    assert_eq!(
-        s.queue_high_water_bytes, FULL_QUEUE as u64,
-        "over the budget"
-    );
+    assert_queue_bounded(s.queue_high_water_bytes);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -307,10 +301,7 @@ async fn drop_oldest_policy_keeps_the_latest_and_counts_what_it_drops() {
     assert_eq!(s.slow_consumer_disconnects, 0);
     assert_eq!(s.messages_queued, f.totals.queued as u64);
     assert_eq!(s.messages_dropped, f.totals.dropped as u64);
-    assert_eq!(
-        s.queue_high_water_bytes, FULL_QUEUE as u64,
-        "over the budget"
-    );
+    assert_queue_bounded(s.queue_high_water_bytes);
 }
 
 /// A raw client with a small receive buffer that never reads unless told to, and its session.
@@ -348,6 +339,17 @@ async fn send_to_until_full(
     panic!("the queue never filled");
 }
 
+/// The queue reached its limit, and no more than the burst allowance (4 × the limit) that a
+/// socket still taking data is granted before the policy applies.
+fn assert_queue_bounded(high_water: u64) {
+    let full = FULL_QUEUE as u64;
+    let burst = (4 * BUDGET / FRAME * FRAME) as u64;
+    assert!(
+        (full..=burst).contains(&high_water),
+        "high water {high_water} outside {full}..={burst}: over the budget"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn send_to_a_full_queue_reports_each_policy() {
     // Disconnect: the session closes with 1008, later sends see it closing.
@@ -372,7 +374,7 @@ async fn send_to_a_full_queue_reports_each_policy() {
     let s = t.hub.stats();
     assert_eq!((s.messages_queued, s.slow_consumer_disconnects), (ok, 1));
     assert_eq!(s.messages_dropped, 1, "the send to the closing session");
-    assert_eq!(s.queue_high_water_bytes, FULL_QUEUE as u64);
+    assert_queue_bounded(s.queue_high_water_bytes);
 
     // DropNewest: this message is discarded, the session stays.
     let (t, _slow, id, err, ok) =
@@ -388,7 +390,7 @@ async fn send_to_a_full_queue_reports_each_policy() {
     let s = t.hub.stats();
     assert_eq!((s.messages_queued, s.messages_dropped), (ok, 1));
     assert_eq!(s.slow_consumer_disconnects, 0);
-    assert_eq!(s.queue_high_water_bytes, FULL_QUEUE as u64);
+    assert_queue_bounded(s.queue_high_water_bytes);
 
     // DropOldest: this message is queued after discarding one older message.
     let (t, _slow, id, err, ok) =
@@ -404,7 +406,7 @@ async fn send_to_a_full_queue_reports_each_policy() {
     let s = t.hub.stats();
     assert_eq!((s.messages_queued, s.messages_dropped), (ok + 1, 1));
     assert_eq!(s.slow_consumer_disconnects, 0);
-    assert_eq!(s.queue_high_water_bytes, FULL_QUEUE as u64);
+    assert_queue_bounded(s.queue_high_water_bytes);
 }
 
 /// `close_timeout` bounds every close: "how long a closing session may take to flush its queue
