@@ -750,7 +750,7 @@ async fn a_connection_that_stops_answering_is_replaced_within_the_configured_tim
     // Publications come every 50 ms, so the last one reached the page at most ~50 ms before
     // the freeze; the watchdog's timers add a little.
     assert!(
-        replaced >= Duration::from_millis(1000) && replaced <= Duration::from_millis(2200),
+        replaced >= Duration::from_millis(1000) && replaced <= Duration::from_millis(2500),
         "replaced {replaced:?} after the freeze (configured: 1.2 s)"
     );
     let closed = until(page, "the closed event", "labs.a.of('closed')[0]").await;
@@ -816,7 +816,7 @@ async fn reconnection_delays_stay_within_the_documented_bounds() {
         if let Some(next) = events[i + 1..].iter().find(|n| n["e"] == "connecting") {
             let waited = next["t"].as_f64().unwrap() - e["t"].as_f64().unwrap();
             assert!(
-                waited >= delay - 2.0 && waited <= delay + 500.0,
+                waited >= delay - 2.0 && waited <= delay + 1000.0,
                 "attempt {attempts}: waited {waited} ms for a delay of {delay} ms"
             );
         }
@@ -824,15 +824,24 @@ async fn reconnection_delays_stay_within_the_documented_bounds() {
 
     // Coming back online, or the page becoming visible, retries at once.
     let mut lab = LabServer::start(addr).await;
-    let now_online = js(
+    // Run when the client is waiting for its next attempt (checked and dispatched in one
+    // script, so the timer cannot fire in between): 2 when the event started an attempt at once.
+    let retried_at_once = |dispatch: &str| {
+        format!(
+            "(() => {{ const a = labs.a;
+               if (a.client.state !== 'reconnecting') return 0;
+               const before = a.count('connecting');
+               {dispatch};
+               return 1 + a.count('connecting') - before; }})()"
+        )
+    };
+    let now_online = until(
         page,
-        "const a = labs.a, before = a.count('connecting');
-         if (a.client.state !== 'reconnecting') return 'not waiting: ' + a.client.state;
-         dispatchEvent(new Event('online'));
-         return a.count('connecting') - before",
+        "the client waiting to retry",
+        &retried_at_once("dispatchEvent(new Event('online'))"),
     )
     .await;
-    assert_eq!(now_online, 1, "an immediate attempt on 'online'");
+    assert_eq!(now_online, 2, "an immediate attempt on 'online'");
     until(page, "the socket open", "labs.a.client.state === 'open'").await;
     lab.opened().await;
 
@@ -848,15 +857,13 @@ async fn reconnection_delays_stay_within_the_documented_bounds() {
     .await;
     assert_eq!(first["attempt"], 1, "{first}");
     assert!(first["delay"].as_f64().unwrap() <= min, "{first}");
-    let now_visible = js(
+    let now_visible = until(
         page,
-        "const a = labs.a, before = a.count('connecting');
-         if (a.client.state !== 'reconnecting') return 'not waiting: ' + a.client.state;
-         document.dispatchEvent(new Event('visibilitychange'));
-         return a.count('connecting') - before",
+        "the client waiting to retry",
+        &retried_at_once("document.dispatchEvent(new Event('visibilitychange'))"),
     )
     .await;
-    assert_eq!(now_visible, 1, "an immediate attempt on becoming visible");
+    assert_eq!(now_visible, 2, "an immediate attempt on becoming visible");
     assert_no_page_errors(page).await;
 
     browser.quit().await;
