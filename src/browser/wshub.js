@@ -148,7 +148,12 @@ export class Client {
     this.retryTimer = 0;
     this.state = "connecting";
     this.emit("connecting", { attempt: this.attempt });
-    const ws = new WebSocket(this.url, this.options.protocols);
+    let ws;
+    try {
+      ws = new WebSocket(this.url, this.options.protocols);
+    } catch (e) { // a malformed URL, a blocked port: retried with backoff like any failure
+      return this.lost(1006, String(e && e.message), false);
+    }
     ws.binaryType = "arraybuffer";
     this.ws = ws;
     ws.onopen = () => {
