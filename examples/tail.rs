@@ -36,7 +36,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             line = stdin.next_line(), if typing => match line? {
                 Some(text) if !text.trim().is_empty() => {
                     let chat = serde_json::json!({ "type": "chat", "text": text });
-                    client.send(chat.to_string()).await?;
+                    // `send` never waits: while the server is unreachable the queue fills up.
+                    if let Err(e) = client.send(chat.to_string()).await {
+                        println!("-- not sent: {e}");
+                    }
                 }
                 Some(_) => {}
                 None => typing = false,

@@ -68,6 +68,12 @@ pub enum RemoteError {
     /// The backplane was closed.
     #[error("backplane closed")]
     Closed,
+    /// The backplane's server answered this message's command with an error (Redis out of
+    /// memory, a script error): this message was not sent; the connection is fine and other
+    /// messages go on. Reported by [`Hub::publish_confirmed`](crate::Hub::publish_confirmed)
+    /// and counted in the backplane's statistics.
+    #[error("refused by the backplane's server")]
+    Refused,
 }
 
 /// What the slow-consumer policy did when a session's queue was full.

@@ -26,6 +26,7 @@ pub(crate) async fn run(core: Weak<Engine>) {
 fn sweep(core: &Arc<Engine>) {
     let cfg = &core.config;
     let now = core.tick();
+    core.sweep_topics();
     let ping_interval = cfg.ping_interval.map(|d| d.as_millis() as u64);
     let ping_timeout = cfg.ping_timeout.as_millis() as u64;
     let idle = cfg.idle_timeout.map(|d| d.as_millis() as u64);

@@ -379,10 +379,7 @@ impl Hub {
 
     /// A snapshot of the hub's counters, cheap enough to take every second.
     pub fn stats(&self) -> Stats {
-        self.engine.counters.snapshot(
-            self.engine.registry.len(),
-            self.engine.registry.topic_count(),
-        )
+        self.engine.stats()
     }
 
     /// Whether [`shutdown`](Self::shutdown) has started.

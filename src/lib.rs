@@ -45,7 +45,7 @@
 //! | `axum`   | [`axum::endpoint`] and [`axum::upgrade`]: mount the hub at a route of an axum 0.8 `Router`, so REST and push share one port | `axum`, `hyper`, `hyper-util` |
 //! | `client` | [`Client`]: a client that reconnects with exponential backoff and jitter, re-subscribes (with `since`, recovering what it missed, when the server speaks the envelope) and exposes its state; [`protocol::ServerMessage`] reads the envelope | `tokio-tungstenite` |
 //! | `redis`  | `RedisBackplane`: several nodes share broadcasts, topics, `send_to` and `close` through Redis pub/sub (see *Scale-out*) | `redis` |
-//! | `tls`    | `wss://` without a proxy: `Hub::serve_tls` takes a rustls `ServerConfig` (tokio-rustls with rustls's `ring` provider; rustls is re-exported as `wshub::rustls`) | `tokio-rustls` |
+//! | `tls`    | `wss://` without a proxy: `Hub::serve_tls` takes a rustls `ServerConfig` (tokio-rustls with rustls's `ring` provider; rustls is re-exported as `wshub::rustls`); with `client`, [`Client`] connects to `wss://` URLs too | `tokio-rustls` |
 //! | `fuzzing` | internal: exposes the parsers to the fuzz targets in `fuzz/`; not a public API | — |
 //!
 //! ## The data path of one broadcast
@@ -179,15 +179,12 @@ mod tls;
 pub mod __fuzz;
 
 pub use backplane::{BackplaneError, Remote};
-// Temporary path for redis.rs until its split lands.
-#[cfg(feature = "redis")]
-pub(crate) use backplane::HistoryRead;
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub use backplane::{RedisBackplane, RedisConfig};
 #[cfg(feature = "client")]
 #[cfg_attr(docsrs, doc(cfg(feature = "client")))]
-pub use client::{Client, ClientBuilder, ClientClosed, ClientState, ConnectError};
+pub use client::{Client, ClientBuilder, ClientSendError, ClientState, ConnectError};
 pub use config::{Config, SlowConsumerPolicy};
 pub use engine::delivery::Delivery;
 pub use engine::history::{HistoryError, HistoryPolicy, Position, Recovered};

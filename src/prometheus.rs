@@ -29,6 +29,7 @@ impl Stats {
         let Stats {
             sessions,
             topics,
+            history_topics,
             sessions_opened,
             handshakes_refused,
             messages_in,
@@ -66,6 +67,12 @@ impl Stats {
             "gauge",
             "Topics with at least one subscriber now.",
             &[("", *topics as u64)],
+        );
+        metric(
+            "history_topics",
+            "gauge",
+            "Topics whose history state this node holds now.",
+            &[("", *history_topics as u64)],
         );
         metric(
             "sessions_opened_total",
@@ -165,7 +172,7 @@ mod tests {
         // Every metric has its HELP and TYPE lines, once.
         let types = text.lines().filter(|l| l.starts_with("# TYPE ")).count();
         let helps = text.lines().filter(|l| l.starts_with("# HELP ")).count();
-        assert_eq!(types, 13);
+        assert_eq!(types, 14);
         assert_eq!(helps, types);
     }
 }

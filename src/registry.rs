@@ -122,7 +122,8 @@ pub(crate) enum Refusal {
 }
 
 pub(crate) struct Registry {
-    node: u64,
+    /// The node number, shifted into the top 16 bits of a session id.
+    node: AtomicU64,
     max_topics: usize,
     next_seq: AtomicU64,
     sessions: Box<[RwLock<Members>]>,
@@ -154,7 +155,7 @@ fn topic_shard(topic: &str) -> usize {
 impl Registry {
     pub(crate) fn new(node: u16, max_topics: usize) -> Self {
         Registry {
-            node: u64::from(node) << 48,
+            node: AtomicU64::new(u64::from(node) << 48),
             max_topics,
             next_seq: AtomicU64::new(1),
             sessions: (0..SHARDS).map(|_| RwLock::default()).collect(),
@@ -166,7 +167,17 @@ impl Registry {
     }
 
     pub(crate) fn next_id(&self) -> SessionId {
-        SessionId(self.node | self.next_seq.fetch_add(1, Ordering::Relaxed))
+        SessionId(self.node.load(Ordering::Relaxed) | self.next_seq.fetch_add(1, Ordering::Relaxed))
+    }
+
+    /// The node number in the ids handed out now.
+    pub(crate) fn node(&self) -> u16 {
+        (self.node.load(Ordering::Relaxed) >> 48) as u16
+    }
+
+    /// Hands out ids of node `node` from now on (the backplane's number changed).
+    pub(crate) fn set_node(&self, node: u16) {
+        self.node.store(u64::from(node) << 48, Ordering::Relaxed);
     }
 
     fn shard(&self, id: SessionId) -> &RwLock<Members> {

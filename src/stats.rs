@@ -75,6 +75,9 @@ pub struct Stats {
     pub sessions: usize,
     /// Topics with at least one subscriber now.
     pub topics: usize,
+    /// Topics with history whose state (epoch, kept publications) this node holds now: those
+    /// with subscribers or with publications still kept. Idle ones are freed.
+    pub history_topics: usize,
     /// Sessions opened since the hub started.
     pub sessions_opened: u64,
     /// Upgrade requests answered with an HTTP error status (origin, auth, capacity, malformed).
@@ -113,6 +116,7 @@ impl Counters {
         Stats {
             sessions,
             topics,
+            history_topics: 0,
             sessions_opened: self.opened.load(Relaxed),
             handshakes_refused: self.refused.load(Relaxed),
             messages_in: self.messages_in.load(Relaxed),

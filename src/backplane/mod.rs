@@ -31,10 +31,8 @@ pub(crate) use node::attach;
 pub use packet::{Action, Packet, PacketError};
 pub(crate) use packet::{
     KIND_BROADCAST, KIND_PUBLISH, KIND_SEND, encode_close, encode_event, encode_message, node_of,
+    origin,
 };
-// Temporary names for redis.rs until its split lands (then it says `Packet`).
-#[cfg(feature = "redis")]
-pub(crate) use packet::{Packet as Envelope, VERSION};
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub use redis::{RedisBackplane, RedisConfig, RedisStats};
@@ -42,17 +40,25 @@ pub use redis::{RedisBackplane, RedisConfig, RedisStats};
 /// Carries the [`Position`](crate::Position) a shared log assigned to a publication back to
 /// the publisher (see [`Backplane::publish_recorded`]).
 #[derive(Debug)]
-pub struct Confirm(tokio::sync::oneshot::Sender<crate::Position>);
+pub struct Confirm(tokio::sync::oneshot::Sender<Result<crate::Position, RemoteError>>);
+
+/// What a [`Confirm`] carries back: the position, or why the publication was not made.
+pub(crate) type Confirmed = tokio::sync::oneshot::Receiver<Result<crate::Position, RemoteError>>;
 
 impl Confirm {
-    pub(crate) fn new() -> (Confirm, tokio::sync::oneshot::Receiver<crate::Position>) {
+    pub(crate) fn new() -> (Confirm, Confirmed) {
         let (tx, rx) = tokio::sync::oneshot::channel();
         (Confirm(tx), rx)
     }
 
     /// Reports the position; a publisher that stopped waiting is not an error.
     pub fn send(self, position: crate::Position) {
-        let _ = self.0.send(position);
+        let _ = self.0.send(Ok(position));
+    }
+
+    /// Reports that the publication was not made, and why.
+    pub fn refuse(self, error: RemoteError) {
+        let _ = self.0.send(Err(error));
     }
 }
 

@@ -30,9 +30,38 @@ pub(crate) fn attach(engine: &Arc<Engine>) {
 }
 
 impl LocalNode {
-    /// This node's number.
+    /// This node's number (the one it was attached with, or the last
+    /// [`renumber`](Self::renumber)).
     pub fn node_id(&self) -> u16 {
-        self.node
+        self.engine
+            .upgrade()
+            .map_or(self.node, |e| e.registry.node())
+    }
+
+    /// This node lost its number to another live node (the backplane found the number held by
+    /// someone else, e.g. after Redis restarted without its data): new sessions get ids of
+    /// `node` from now on, packets from `node` count as this node's own, and every session
+    /// connected now is closed with 1012 (service restart), so that its client reconnects (and
+    /// recovers its topics) under the new number instead of sharing ids with the other node.
+    ///
+    /// The backplane must report the new number from
+    /// [`Backplane::node_id`](super::Backplane::node_id) before calling this. Returns the
+    /// sessions closed.
+    pub fn renumber(&self, node: u16) -> usize {
+        self.engine.upgrade().map_or(0, |e| e.renumber(node))
+    }
+
+    /// Tells this node's subscribers of `topic`, unasked, that publications they should have
+    /// received are lost and cannot be replayed (e.g. Redis restarted without its data): with
+    /// the [envelope](crate::Config::envelope) on, each gets
+    /// `{"type":"unrecoverable","topic":…,"position":…}` (PROTOCOL.md), reloads the topic's
+    /// state, and follows live publications after `position`. Without the envelope nothing is
+    /// sent (the application's messages carry no positions to lose).
+    pub fn unrecoverable(&self, topic: &str, position: crate::Position) -> Delivery {
+        match self.engine.upgrade() {
+            Some(engine) => crate::engine::announce_unrecoverable(&engine, topic, position),
+            None => Delivery::default(),
+        }
     }
 
     /// Delivers a packet from another node to this node's sessions, through the same
@@ -53,7 +82,7 @@ impl LocalNode {
         let Some(engine) = self.engine.upgrade() else {
             return Ok(Delivery::default());
         };
-        if raw.origin == self.node {
+        if raw.origin == engine.registry.node() {
             return Ok(Delivery::default());
         }
         let plain = || frame::encode(raw.opcode, raw.payload);
@@ -135,7 +164,7 @@ impl LocalNode {
 impl std::fmt::Debug for LocalNode {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("LocalNode")
-            .field("node", &self.node)
+            .field("node", &self.node_id())
             .field("alive", &self.is_alive())
             .finish()
     }

@@ -107,7 +107,7 @@ pub enum Action {
     },
 }
 
-pub(crate) const VERSION: u8 = 1;
+const VERSION: u8 = 1;
 const HEADER: usize = 14;
 pub(crate) const KIND_BROADCAST: u8 = 1;
 pub(crate) const KIND_PUBLISH: u8 = 2;
@@ -208,6 +208,15 @@ pub(crate) fn message_of(opcode: u8, payload: &[u8]) -> Message {
     match opcode {
         frame::OP_TEXT => Message::Text(Text::from_validated(payload)),
         _ => Message::Binary(payload),
+    }
+}
+
+/// The node that published `bytes`, read from the header without decoding the rest; `None`
+/// when it is not a packet of this version.
+pub(crate) fn origin(bytes: &[u8]) -> Option<u16> {
+    match bytes {
+        [VERSION, _, _, a, b, ..] => Some(u16::from_be_bytes([*a, *b])),
+        _ => None,
     }
 }
 

@@ -161,7 +161,10 @@ export class Client {
       this.received();
       // Reset the backoff only once the connection has proved stable.
       this.stableTimer = setTimeout(() => { this.attempt = 0; }, this.options.stableAfter);
-      for (const sub of this.subscriptions.values()) sub.request();
+      for (const sub of this.subscriptions.values()) {
+        sub.resyncing = false; // a repair cut short is asked for again, here
+        sub.request();
+      }
       const queued = this.queue;
       this.queue = [];
       for (const data of queued) ws.send(data);

@@ -278,6 +278,13 @@ pub(super) struct TopicState {
     pub(super) recovering: Vec<Recovering>,
 }
 
+impl TopicState {
+    /// Nothing kept and nobody recovering.
+    fn is_idle(&self) -> bool {
+        self.recovering.is_empty() && self.log.as_ref().is_none_or(|l| l.entries.is_empty())
+    }
+}
+
 const SHARDS: usize = 16;
 
 /// The history state of every topic on this node, sharded by topic name.
@@ -306,14 +313,42 @@ impl Histories {
             .unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Drops the state of `topic` when it holds nothing: no log, no session recovering.
+    /// Drops the state of `topic` when it holds nothing: no publication kept, no session
+    /// recovering. The caller checked that no session of this node subscribes to it (under
+    /// the same lock, which every join takes). Its epoch is forgotten with it: a later
+    /// subscriber starts a new one, and a `since` of the old one is answered `unrecoverable`
+    /// — there was nothing to replay.
     pub(super) fn forget_if_idle(&self, shard: &mut Shard<'_>, topic: &str) {
-        if shard
-            .get(topic)
-            .is_some_and(|t| t.log.is_none() && t.recovering.is_empty())
-        {
+        if shard.get(topic).is_some_and(TopicState::is_idle) {
             shard.remove(topic);
         }
+    }
+
+    /// Applies `max_age` to every log (publications expire even on topics nobody touches)
+    /// and drops idle topics that `subscribed` says have no subscriber here.
+    pub(super) fn sweep(
+        &self,
+        policy: impl Fn(&str) -> Option<HistoryPolicy>,
+        subscribed: impl Fn(&str) -> bool,
+    ) {
+        let now = Instant::now();
+        for shard in self.shards.iter() {
+            let mut shard = shard.lock().unwrap_or_else(|e| e.into_inner());
+            shard.retain(|topic, t| {
+                if let (Some(log), Some(policy)) = (&mut t.log, policy(topic)) {
+                    log.trim(&policy, now);
+                }
+                !t.is_idle() || subscribed(topic)
+            });
+        }
+    }
+
+    /// Topics whose state this node holds.
+    pub(crate) fn len(&self) -> usize {
+        self.shards
+            .iter()
+            .map(|s| s.lock().unwrap_or_else(|e| e.into_inner()).len())
+            .sum()
     }
 
     /// Sessions of `topic` between starting and finishing a cluster recovery.

@@ -49,7 +49,9 @@ use crate::stats::Counters;
 
 pub(crate) use commands::apply;
 pub(crate) use delivery::{Delivery, Target};
-pub(crate) use recovery::{deliver_recorded, join, read_history, recovering};
+pub(crate) use recovery::{
+    announce_unrecoverable, deliver_recorded, join, read_history, recovering,
+};
 
 /// How long [`Engine::publish_confirmed`] waits for a shared log to number a publication.
 const CONFIRM_WAIT: Duration = Duration::from_secs(5);
@@ -205,8 +207,11 @@ impl Engine {
         }
         let (confirm, position) = crate::backplane::Confirm::new();
         let mut report = recovery::publish(self, topic, message, policy, Some(confirm));
-        let numbered = tokio::time::timeout(CONFIRM_WAIT, position).await;
-        report.position = numbered.ok().and_then(Result::ok);
+        match tokio::time::timeout(CONFIRM_WAIT, position).await {
+            Ok(Ok(Ok(position))) => report.position = Some(position),
+            Ok(Ok(Err(error))) => report.remote = crate::backplane::Remote::Failed(error),
+            _ => {}
+        }
         report
     }
 
@@ -236,6 +241,39 @@ impl Engine {
         }
         let s = self.registry.get(id).ok_or(SendError::NotFound(id))?;
         self.close_by_app(&s, code, reason)
+    }
+
+    /// The backplane took a new node number: new sessions get ids of `node`, and every
+    /// session connected now is closed with 1012 so that it reconnects under it. Returns the
+    /// sessions closed.
+    pub(crate) fn renumber(&self, node: u16) -> usize {
+        self.registry.set_node(node);
+        let mut closed = 0;
+        self.registry.for_each(|s| {
+            let frame = CloseFrame::new(CloseCode::RESTART, "node renumbered; reconnect");
+            if self.close_session(s, frame) {
+                closed += 1;
+            }
+        });
+        closed
+    }
+
+    /// The periodic upkeep of topic state (the hub's timer): publications past their
+    /// `max_age` expire even on topics nobody touches, and idle topics are freed.
+    pub(crate) fn sweep_topics(&self) {
+        self.histories.sweep(
+            |topic| self.config.history_policy(topic).copied(),
+            |topic| self.registry.topic_len(topic) > 0,
+        );
+    }
+
+    /// A snapshot of the counters.
+    pub(crate) fn stats(&self) -> crate::stats::Stats {
+        let mut stats = self
+            .counters
+            .snapshot(self.registry.len(), self.registry.topic_count());
+        stats.history_topics = self.histories.len();
+        stats
     }
 
     /// The sessions present on `topic` (every node with a backplane that keeps presence).

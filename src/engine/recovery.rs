@@ -108,6 +108,28 @@ pub(crate) fn deliver_recorded(
     report
 }
 
+/// Tells the subscribers of `topic` on this node, unasked, that part of its stream is lost:
+/// the `unrecoverable` message, with the position to follow from (envelope mode only).
+pub(crate) fn announce_unrecoverable(engine: &Engine, topic: &str, position: Position) -> Delivery {
+    if !engine.config.envelope {
+        return Delivery::default();
+    }
+    let lost = Recovered::Unrecoverable {
+        current: Some(position),
+    };
+    let frame = frame::encode_text(&crate::protocol::subscribed(topic, &lost));
+    // Under the topic's history lock, as `deliver_recorded`, so it sits in order between
+    // publications.
+    let shard = engine.histories.lock(topic);
+    let target = Target::Topic {
+        topic,
+        except: None,
+    };
+    let report = engine.deliver(target, &frame);
+    drop(shard);
+    report
+}
+
 /// Subscribes `session` to `topic`, replaying what it missed since `since`.
 ///
 /// A replay that fits in half the session's queue is queued and joined at once, under the
@@ -401,7 +423,17 @@ impl Drop for RecoveringGuard<'_> {
     fn drop(&mut self) {
         let mut shard = self.engine.histories.lock(self.topic);
         let _ = self.take(&mut shard);
-        self.engine.histories.forget_if_idle(&mut shard, self.topic);
+        drop(shard);
+        release(self.engine, self.topic);
+    }
+}
+
+/// Frees `topic`'s history state when it is idle and has no subscriber on this node (after
+/// its last subscriber left, a read, a cancelled join).
+pub(super) fn release(engine: &Engine, topic: &str) {
+    let mut shard = engine.histories.lock(topic);
+    if engine.registry.topic_len(topic) == 0 {
+        engine.histories.forget_if_idle(&mut shard, topic);
     }
 }
 
@@ -567,15 +599,20 @@ pub(crate) async fn read_history(
             _ => Ok(read.entries),
         };
     }
-    let mut shard = engine.histories.lock(topic);
-    let log = state(&mut shard, topic).log.get_or_insert_with(Log::new);
-    log.trim(policy, Instant::now());
-    match since {
-        Some(p) => log.since(p).ok_or(HistoryError::Unrecoverable {
-            current: log.current(),
-        }),
-        None => Ok(log.entries_after(0)),
-    }
+    let read = {
+        let mut shard = engine.histories.lock(topic);
+        let log = state(&mut shard, topic).log.get_or_insert_with(Log::new);
+        log.trim(policy, Instant::now());
+        match since {
+            Some(p) => log.since(p).ok_or(HistoryError::Unrecoverable {
+                current: log.current(),
+            }),
+            None => Ok(log.entries_after(0)),
+        }
+    };
+    // A read of a topic nobody uses leaves nothing behind.
+    release(engine, topic);
+    read
 }
 
 /// Sessions of `topic` between starting and finishing a cluster recovery.

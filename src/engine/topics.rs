@@ -39,6 +39,7 @@ impl Engine {
     fn after_leave(&self, session: &Session, topic: &str, left: Left) {
         if left.last {
             self.interest_changed(topic);
+            super::recovery::release(self, topic);
         }
         if left.removed {
             presence::left(self, session.id(), topic);
