@@ -317,6 +317,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             if self.io_error.is_none() {
                 if let Poll::Ready(Err(e)) = self.poll_write_side(cx) {
                     self.io_error = Some(e);
+                    // The peer is gone: senders (a streamed replay waiting for room among
+                    // them) learn it now rather than when the handler returns.
+                    self.session.outbox.finish();
                 }
             }
             match std::panic::catch_unwind(AssertUnwindSafe(|| Pin::new(&mut fut).poll(cx))) {

@@ -204,6 +204,23 @@ pub trait Backplane: Send + Sync + 'static {
         Ok(())
     }
 
+    /// The current position of `topic`'s shared log, without reading its publications (a
+    /// live subscribe needs no more). Default: [`history_read`](Self::history_read) of the
+    /// whole log, keeping only its `current`.
+    ///
+    /// # Errors
+    /// As [`history_read`](Self::history_read).
+    ///
+    /// # Cancel safety
+    /// A read: dropping the future loses nothing. Implementations must keep it so.
+    async fn history_position(
+        &self,
+        topic: &str,
+        policy: &crate::HistoryPolicy,
+    ) -> Result<crate::Position, BackplaneError> {
+        Ok(self.history_read(topic, None, policy).await?.current)
+    }
+
     /// Reads the shared log of `topic` after `since` (all of it when `None`).
     ///
     /// # Errors

@@ -344,7 +344,7 @@ impl Task {
                     tracing::debug!(%url, %topic, position = %p, "duplicate publication ignored");
                     return Tracked::Drop;
                 }
-                if last.epoch == p.epoch && p.offset == last.offset + 1 {
+                if last.epoch == p.epoch && last.offset.checked_add(1) == Some(p.offset) {
                     positions.insert(topic, p);
                     return Tracked::Pass;
                 }

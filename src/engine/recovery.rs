@@ -58,6 +58,11 @@ pub(super) fn publish(
     let now = Instant::now();
     let mut shard = engine.histories.lock(topic);
     let log = state(&mut shard, topic).log.get_or_insert_with(Log::new);
+    if log.last == u64::MAX {
+        // 2^64 publications: the offsets cannot go on; a new epoch starts (subscribers that
+        // recover from the old one are told unrecoverable).
+        *log = Log::new();
+    }
     log.last += 1;
     let position = log.current();
     let frame = engine.publication_frame(topic, Some(position), &message);
@@ -574,7 +579,14 @@ async fn read_cluster(
     policy: &HistoryPolicy,
 ) -> Result<crate::backplane::HistoryRead, BackplaneError> {
     bp.topic_ready(topic).await?;
-    let read = bp.history_read(topic, since, policy).await?;
+    let read = match since {
+        Some(_) => bp.history_read(topic, since, policy).await?,
+        // A live subscribe needs the position only, not the log.
+        None => {
+            let current = bp.history_position(topic, policy).await?;
+            crate::backplane::HistoryRead::new(current, Vec::new(), true)
+        }
+    };
     bp.topic_ready(topic).await?;
     Ok(read)
 }

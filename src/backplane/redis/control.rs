@@ -17,6 +17,17 @@ pub(super) enum ReadError {
     Malformed(&'static str),
 }
 
+/// Where a history read starts.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum ReadFrom {
+    /// Every publication kept.
+    Start,
+    /// The publications after a position.
+    After(crate::Position),
+    /// None: only the current position.
+    End,
+}
+
 impl From<r::RedisError> for ReadError {
     fn from(e: r::RedisError) -> Self {
         ReadError::Redis(e)
@@ -37,12 +48,24 @@ impl Shared {
     pub(super) async fn history_read(
         &self,
         topic: &str,
-        since: Option<crate::Position>,
+        from: ReadFrom,
         policy: &crate::HistoryPolicy,
     ) -> Result<crate::backplane::HistoryRead, ReadError> {
         let mut conn = self.control_connection().await?;
         let [epoch_key, seq, log] = self.names.history(topic);
-        let first = since.map_or("-".to_owned(), |p| format!("{}-0", p.offset + 1));
+        let since = match from {
+            ReadFrom::After(p) => Some(p),
+            ReadFrom::Start | ReadFrom::End => None,
+        };
+        let first = match from {
+            ReadFrom::Start => "-".to_owned(),
+            // `+` to `+`: no entry, only the epoch and the position.
+            ReadFrom::End => "+".to_owned(),
+            ReadFrom::After(p) => match p.offset.checked_add(1) {
+                Some(next) => format!("{next}-0"),
+                None => "+".to_owned(),
+            },
+        };
         let new_epoch = (random_u64() & ((1 << 53) - 1)).max(1);
         let answer: r::RedisResult<r::Value> = r::cmd("EVAL")
             .arg(READ_HISTORY)

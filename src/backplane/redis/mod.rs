@@ -500,13 +500,22 @@ impl Backplane for RedisBackplane {
         since: Option<crate::Position>,
         policy: &crate::HistoryPolicy,
     ) -> Result<crate::backplane::HistoryRead, BackplaneError> {
+        let from = since.map_or(control::ReadFrom::Start, control::ReadFrom::After);
         self.shared
-            .history_read(topic, since, policy)
+            .history_read(topic, from, policy)
             .await
-            .map_err(|e| match e {
-                ReadError::Redis(e) => connection_error(e),
-                ReadError::Malformed(what) => connection_error(std::io::Error::other(what)),
-            })
+            .map_err(read_error)
+    }
+
+    async fn history_position(
+        &self,
+        topic: &str,
+        policy: &crate::HistoryPolicy,
+    ) -> Result<crate::Position, BackplaneError> {
+        let read = self
+            .shared
+            .history_read(topic, control::ReadFrom::End, policy);
+        Ok(read.await.map_err(read_error)?.current)
     }
 
     fn presence_changed(&self, topic: &str, id: crate::SessionId, info: Option<&str>) {
@@ -678,5 +687,12 @@ impl Shared {
             _ = stop.changed() => false,
             _ = tokio::time::sleep(pause) => true,
         }
+    }
+}
+
+fn read_error(e: ReadError) -> BackplaneError {
+    match e {
+        ReadError::Redis(e) => connection_error(e),
+        ReadError::Malformed(what) => connection_error(std::io::Error::other(what)),
     }
 }

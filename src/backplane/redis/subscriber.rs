@@ -288,7 +288,10 @@ async fn catch_up(shared: &Shared, topic: &str) -> r::RedisResult<()> {
     };
     // Every entry after `last`, whatever the topic's policy: these were published live.
     let everything = crate::HistoryPolicy::new(usize::MAX, None);
-    let read = match shared.history_read(topic, Some(last), &everything).await {
+    let read = match shared
+        .history_read(topic, super::control::ReadFrom::After(last), &everything)
+        .await
+    {
         Ok(read) => read,
         Err(ReadError::Redis(e)) => return Err(e),
         Err(ReadError::Malformed(what)) => {
