@@ -349,34 +349,53 @@ async fn a_node_whose_number_was_taken_renumbers_and_targets_stay_exact() {
 
 // (1) No silent gap after the subscription drops or Redis loses its data.
 
+/// Two nodes, each with `per_node` clients subscribed live to `feed`.
+async fn two_nodes_subscribed(
+    redis: &Redis,
+    prefix: &str,
+    per_node: usize,
+) -> (Node, Node, Vec<Client>) {
+    let a = node(redis, fast_config(prefix)).await;
+    let b = node(redis, fast_config(prefix)).await;
+    let mut clients = Vec::new();
+    for _ in 0..per_node {
+        for n in [&a, &b] {
+            let mut c = Client::connect(n.addr, "c").await;
+            assert_eq!(c.subscribe("feed", None).await["type"], "subscribed");
+            clients.push(c);
+        }
+    }
+    (a, b, clients)
+}
+
+/// Publishes `m1` … `m{n}` to `feed` from `hub`, one every `pace`; returns once a quarter is
+/// published (the moment to inject a fault), with the task publishing the rest.
+async fn publish_paced(hub: &Hub, n: u64, pace: Duration) -> tokio::task::JoinHandle<()> {
+    let (quarter, mut reached) = tokio::sync::mpsc::channel(1);
+    let hub = hub.clone();
+    let publisher = tokio::spawn(async move {
+        for i in 1..=n {
+            hub.publish("feed", format!("m{i}"));
+            if i == n / 4 {
+                let _ = quarter.send(()).await;
+            }
+            tokio::time::sleep(pace).await;
+        }
+    });
+    reached.recv().await.unwrap();
+    publisher
+}
+
 #[tokio::test]
 async fn a_killed_subscription_leaves_every_stream_exact() {
     let Some(redis) = Redis::own("faults_pubsub_kill") else {
         return;
     };
     let prefix = redis.prefix("kill");
-    let a = node(&redis, fast_config(&prefix)).await;
-    let b = node(&redis, fast_config(&prefix)).await;
-    let mut clients = Vec::new();
-    for n in [&a, &b, &a, &b] {
-        let mut c = Client::connect(n.addr, "c").await;
-        assert_eq!(c.subscribe("feed", None).await["type"], "subscribed");
-        clients.push(c);
-    }
+    let (a, b, mut clients) = two_nodes_subscribed(&redis, &prefix, 2).await;
     const N: u64 = 300;
-    let (halfway, mut reached) = tokio::sync::mpsc::channel(1);
-    let hub = a.hub.clone();
-    let publisher = tokio::spawn(async move {
-        for i in 1..=N {
-            hub.publish("feed", format!("m{i}"));
-            if i == N / 4 {
-                let _ = halfway.send(()).await;
-            }
-            // Paced, so that publishing goes on all through the resubscription.
-            tokio::time::sleep(Duration::from_millis(2)).await;
-        }
-    });
-    reached.recv().await.unwrap();
+    // Paced, so that publishing goes on all through the resubscription.
+    let publisher = publish_paced(&a.hub, N, Duration::from_millis(2)).await;
     let killed: i64 = cmd(&redis, &["CLIENT", "KILL", "TYPE", "pubsub"]);
     assert_eq!(killed, 2, "both nodes' subscriptions");
     publisher.await.unwrap();
@@ -650,28 +669,10 @@ async fn a_paused_redis_loses_nothing_uncounted() {
         return;
     };
     let prefix = redis.prefix("pause");
-    let a = node(&redis, fast_config(&prefix)).await;
-    let b = node(&redis, fast_config(&prefix)).await;
-    let mut clients = Vec::new();
-    for n in [&a, &b] {
-        let mut c = Client::connect(n.addr, "c").await;
-        assert_eq!(c.subscribe("feed", None).await["type"], "subscribed");
-        clients.push(c);
-    }
+    let (a, _b, mut clients) = two_nodes_subscribed(&redis, &prefix, 1).await;
     const N: u64 = 200;
-    let (started, mut paused) = tokio::sync::mpsc::channel(1);
-    let hub = a.hub.clone();
-    let publisher = tokio::spawn(async move {
-        for i in 1..=N {
-            hub.publish("feed", format!("m{i}"));
-            if i == N / 4 {
-                let _ = started.send(()).await;
-            }
-            // Paced, so that publishing goes on through the pause.
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-    });
-    paused.recv().await.unwrap();
+    // Paced, so that publishing goes on through the pause.
+    let publisher = publish_paced(&a.hub, N, Duration::from_millis(5)).await;
     let _: String = cmd(&redis, &["CLIENT", "PAUSE", "1500", "ALL"]);
     publisher.await.unwrap();
     let accounted = |s: &wshub::backplane::RedisStats| {

@@ -197,22 +197,26 @@ async fn scenario(addr: std::net::SocketAddr, notes: &mut mpsc::UnboundedReceive
     expect(notes, &["on_close"]).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn every_hook_may_call_back_into_a_single_hub() {
+/// Serves a hub whose handler calls back into it from every hook (`build` adds to a builder
+/// with the test's config), drives every hook once, and shuts it down.
+async fn serve_and_drive(build: impl FnOnce(wshub::HubBuilder) -> wshub::HubBuilder) {
     let (tx, mut notes) = mpsc::unbounded_channel();
     let handler = Arc::new(Reentrant {
         hub: OnceLock::new(),
         notes: tx,
     });
-    let hub = Hub::builder(Shared(handler.clone()))
-        .config(config())
-        .build();
+    let hub = build(Hub::builder(Shared(handler.clone())).config(config())).build();
     handler.hub.set(hub.clone()).ok();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(hub.clone().serve(listener));
     scenario(addr, &mut notes).await;
     hub.shutdown(Duration::from_secs(1)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_hook_may_call_back_into_a_single_hub() {
+    serve_and_drive(|builder| builder).await;
 }
 
 #[cfg(feature = "redis")]
@@ -228,21 +232,7 @@ async fn every_hook_may_call_back_into_a_hub_with_redis() {
             .await
             .expect("connect the backplane"),
     );
-    let (tx, mut notes) = mpsc::unbounded_channel();
-    let handler = Arc::new(Reentrant {
-        hub: OnceLock::new(),
-        notes: tx,
-    });
-    let hub = Hub::builder(Shared(handler.clone()))
-        .config(config())
-        .backplane(backplane.clone())
-        .build();
-    handler.hub.set(hub.clone()).ok();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(hub.clone().serve(listener));
-    scenario(addr, &mut notes).await;
-    hub.shutdown(Duration::from_secs(1)).await;
+    serve_and_drive(|builder| builder.backplane(backplane.clone())).await;
     backplane.close().await.expect("leave the cluster");
 }
 

@@ -24,6 +24,13 @@ use crate::session::SessionId;
 pub struct Delivery {
     /// Sessions the message was queued for. Queued is not delivered: a session may still end
     /// before its queue is written.
+    ///
+    /// With a backplane that keeps history (`RedisBackplane`), a publication to a topic with
+    /// history is queued for nobody at the time of `publish`: every node, this one included,
+    /// delivers it when the shared log hands it back numbered, so `queued`, `dropped` and
+    /// `disconnected` are 0 here and the deliveries are counted in [`Stats`](crate::Stats)
+    /// then; `remote` says whether it was handed to the backplane, and
+    /// [`Hub::publish_confirmed`](crate::Hub::publish_confirmed) waits for its position.
     pub queued: usize,
     /// Messages discarded: recipients whose queue was full under
     /// [`DropNewest`](crate::SlowConsumerPolicy::DropNewest), older messages discarded under

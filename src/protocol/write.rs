@@ -125,18 +125,23 @@ pub(crate) fn subscribed(topic: &str, outcome: &Recovered) -> String {
     }
 }
 
-/// `{"type":"pong"}`, with the ping's `id` when it had one.
-pub(crate) fn pong(id: Option<&str>) -> String {
+/// `{"type":…}` with an optional `id` given as JSON text: `ping` and its `pong`.
+fn with_id(kind: &'static str, id: Option<&str>) -> String {
     #[derive(Serialize)]
-    struct Pong<'a> {
+    struct WithId<'a> {
         r#type: &'static str,
         #[serde(skip_serializing_if = "Option::is_none")]
         id: Option<Verbatim<'a>>,
     }
-    to_json(&Pong {
-        r#type: "pong",
+    to_json(&WithId {
+        r#type: kind,
         id: id.map(Verbatim),
     })
+}
+
+/// `{"type":"pong"}`, with the ping's `id` when it had one.
+pub(crate) fn pong(id: Option<&str>) -> String {
+    with_id("pong", id)
 }
 
 #[derive(Serialize)]
@@ -257,16 +262,7 @@ pub(crate) fn command_presence(topic: &str) -> String {
 
 /// `ping`, with an `id` (JSON text) when given.
 pub(crate) fn command_ping(id: Option<&str>) -> String {
-    #[derive(Serialize)]
-    struct Ping<'a> {
-        r#type: &'static str,
-        #[serde(skip_serializing_if = "Option::is_none")]
-        id: Option<Verbatim<'a>>,
-    }
-    to_json(&Ping {
-        r#type: "ping",
-        id: id.map(Verbatim),
-    })
+    with_id("ping", id)
 }
 
 #[cfg(test)]
