@@ -169,6 +169,36 @@ pub async fn upgrade(hub: &Hub, request: Request) -> Response {
     response
 }
 
+/// A router that serves the browser client: `GET /wshub.js` and `GET /wshub.d.ts` (strong
+/// `ETag`, `304` on `If-None-Match`, see [`crate::browser`]). Merge it into the application's
+/// router.
+///
+/// ```
+/// # struct App;
+/// # impl wshub::Handler for App {}
+/// let hub = wshub::Hub::new(App);
+/// let app: axum::Router = axum::Router::new()
+///     .route("/ws", wshub::axum::endpoint(hub))
+///     .merge(wshub::axum::browser_client());
+/// ```
+pub fn browser_client<S>() -> axum::Router<S>
+where
+    S: Clone + Send + Sync + 'static,
+{
+    let mut router = axum::Router::new();
+    for asset in crate::browser::ASSETS {
+        router = router.route(
+            asset.path,
+            get(move |request: Request| async move {
+                let tag = request.headers().get(header::IF_NONE_MATCH);
+                let tag = tag.and_then(|v| v.to_str().ok());
+                asset.response(tag).map(Body::from)
+            }),
+        );
+    }
+    router
+}
+
 /// Counts and logs a refused handshake and turns it into its response.
 fn refuse(hub: &Hub, peer: SocketAddr, reject: Reject) -> Response {
     hub.engine.counters.refused.fetch_add(1, Ordering::Relaxed);

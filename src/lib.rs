@@ -41,7 +41,7 @@
 //!
 //! | Feature  | What it adds | Extra dependencies |
 //! |----------|--------------|--------------------|
-//! | *(none)* | [`Hub`], [`Handler`], [`Session`], [`Hub::serve`] on a `TcpListener`, [`Hub::accept`] on any byte stream, [`Handler::http`] for plain HTTP on the same port, [`Stats`] with [`Stats::to_prometheus`] | — |
+//! | *(none)* | [`Hub`], [`Handler`], [`Session`], [`Hub::serve`] on a `TcpListener`, [`Hub::accept`] on any byte stream, [`Handler::http`] for plain HTTP on the same port, [`Stats`] with [`Stats::to_prometheus`], [`browser`]: the browser client `wshub.js` and its types, served from `Handler::http` | — |
 //! | `axum`   | [`axum::endpoint`] and [`axum::upgrade`]: mount the hub at a route of an axum 0.8 `Router`, so REST and push share one port | `axum`, `hyper`, `hyper-util` |
 //! | `client` | [`Client`]: a client that reconnects with exponential backoff and jitter, re-subscribes (with `since`, recovering what it missed, when the server speaks the envelope) and exposes its state; [`protocol::ServerMessage`] reads the envelope | `tokio-tungstenite` |
 //! | `redis`  | `RedisBackplane`: several nodes share broadcasts, topics, `send_to` and `close` through Redis pub/sub (see *Scale-out*) | `redis` |
@@ -133,7 +133,8 @@
 //! [`Recovered::Unrecoverable`] and reloads its state. [`Config::envelope`] sends publications
 //! in a small JSON envelope carrying the topic and position (`PROTOCOL.md`, enough to write a
 //! client in any language; [`protocol`] reads and writes it); the `client` feature's
-//! [`Client`] and the dashboard example's page use it. Presence ([`Config::presence`], [`Hub::presence`]) lists who is subscribed. See
+//! [`Client`] uses it, and so does [`browser`]'s `wshub.js`, the browser client the crate
+//! ships and serves (`GET /wshub.js`), which the dashboard example's page imports. Presence ([`Config::presence`], [`Hub::presence`]) lists who is subscribed. See
 //! `docs/history.md` for the guarantees and the cost.
 //!
 //! ## Shutdown and cancellation
@@ -149,6 +150,7 @@
 #[cfg_attr(docsrs, doc(cfg(feature = "axum")))]
 pub mod axum;
 pub mod backplane;
+pub mod browser;
 #[cfg(feature = "client")]
 mod client;
 mod config;

@@ -443,8 +443,12 @@ struct Dashboard {
 
 #[wshub::async_trait]
 impl Handler for Dashboard {
-    /// `GET /` is the page; the socket lives at `/ws`; anything else is 404.
+    /// `GET /` is the page, `GET /wshub.js` its client (served by the crate); the socket
+    /// lives at `/ws`; anything else is 404.
     fn http(&self, request: &Request) -> Option<Response<Bytes>> {
+        if let Some(script) = wshub::browser::serve(request) {
+            return Some(script);
+        }
         let response = match request.path() {
             "/" | "/index.html" => Response::builder()
                 .header("content-type", "text/html; charset=utf-8")
@@ -492,7 +496,11 @@ impl Handler for Dashboard {
                 }
                 return;
             }
-            Some(_) => return,
+            // Anything else of the protocol (unsubscribe, ping, presence) as wshub answers it.
+            Some(command) => {
+                let _ = session.apply(&command).await;
+                return;
+            }
             None => {}
         }
         let Some(text) = message.as_text() else {

@@ -15,8 +15,10 @@
 //! server with Ctrl-C and start it again: the new server's history is new, so open pages are
 //! told "unrecoverable" and replace their state with the snapshot it sends.
 //!
-//! Files: `board.rs` (state, simulation, `Handler`), `index.html` (the page and its ~200-line
-//! client script, compiled into the binary with `include_str!`). Set `RUST_LOG=wshub=debug` to
+//! Files: `board.rs` (state, simulation, `Handler`), `index.html` (the page and the script that
+//! draws the board, compiled into the binary with `include_str!`). The page's connection,
+//! reconnection and recovery are `wshub.js`, the browser client the crate ships and serves
+//! ([`wshub::browser`]). Set `RUST_LOG=wshub=debug` to
 //! see sessions open and close.
 mod board;
 
