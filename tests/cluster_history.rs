@@ -358,3 +358,59 @@ async fn publish_confirmed_returns_the_position_redis_assigned() {
     assert_eq!(last(&b.hub).await, seen[2]);
     drop((a, b));
 }
+
+/// The JSON protocol's `join` and `leave` events reach a topic's subscribers on every node:
+/// a session joining on node B is announced to a subscriber on node A, with its presence
+/// info, and so is its leaving when it disconnects.
+#[tokio::test]
+async fn join_and_leave_events_cross_nodes() {
+    let Some(redis) = Redis::any("cluster_join_leave") else {
+        return;
+    };
+    let prefix = redis.prefix("join_leave");
+    let a = node(&redis, fast_config(&prefix), 10).await;
+    let b = node(&redis, fast_config(&prefix), 10).await;
+    let mut ann = connect(a.addr, "ann").await;
+    assert_eq!(
+        subscribe(&mut ann, "room", None).await["type"],
+        "subscribed"
+    );
+    // Ann hears of herself first.
+    let own = recv(&mut ann).await;
+    assert_eq!(
+        (own["type"].as_str(), own["info"].as_str()),
+        (Some("join"), Some("ann"))
+    );
+    // Node A subscribes to the topic's channel before Bob joins on B.
+    wait_until("node A to listen on the topic", || async {
+        a.backplane.stats().topic_channels > 0
+    })
+    .await;
+    let mut bob = connect(b.addr, "bob").await;
+    assert_eq!(
+        subscribe(&mut bob, "room", None).await["type"],
+        "subscribed"
+    );
+    let joined = recv(&mut ann).await;
+    assert_eq!(
+        (
+            joined["type"].as_str(),
+            joined["topic"].as_str(),
+            joined["info"].as_str()
+        ),
+        (Some("join"), Some("room"), Some("bob")),
+        "{joined}"
+    );
+    let bob_id = joined["id"].as_str().unwrap().to_owned();
+    assert_eq!(
+        bob_id.parse::<u64>().unwrap() >> 48,
+        u64::from(b.backplane.node_id())
+    );
+    drop(bob);
+    let left = recv(&mut ann).await;
+    assert_eq!(
+        (left["type"].as_str(), left["id"].as_str()),
+        (Some("leave"), Some(bob_id.as_str())),
+        "{left}"
+    );
+}
