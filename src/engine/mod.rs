@@ -12,9 +12,10 @@
 //!         └─ forward::*                      → Backplane::publish (other nodes)
 //! ```
 //!
-//! **Lock rule.** No application code — a [`Handler`] hook or a [`Backplane`] method — runs
-//! while the engine holds one of its locks (registry shards, a topic's history, presence,
-//! an outbox). Operations that change membership collect what happened under the locks
+//! **Lock rule.** No application code — a [`Handler`] hook, or a [`Backplane`] method but
+//! `presence_changed` (called under the presence lock so that one session's joins and leaves
+//! reach the backplane in order; the trait requires it to only queue) — runs while the engine
+//! holds one of its locks (registry shards, a topic's history, presence, an outbox). Operations that change membership collect what happened under the locks
 //! ([`registry::Joined`](crate::registry::Joined), [`registry::Left`](crate::registry::Left))
 //! and run the hooks after releasing them (`topics.rs`), so a hook may call back into the hub
 //! (publish on the same topic, subscribe, `send_to`, `presence`, `stats`).
