@@ -144,6 +144,21 @@ impl Hub {
     /// a connection reset before it was accepted) are logged and retried after a short pause;
     /// other errors are returned.
     ///
+    /// # Bursts of connections
+    /// `TcpListener::bind` listens with a backlog of 128. When more clients connect at once
+    /// than the accept loop has taken yet (every page reconnecting after a restart), Linux
+    /// drops the extra SYNs and those clients retry a second later. To absorb larger bursts,
+    /// listen with a deeper backlog (the kernel caps it at `net.core.somaxconn`):
+    ///
+    /// ```no_run
+    /// # async fn f(hub: wshub::Hub) -> std::io::Result<()> {
+    /// let socket = tokio::net::TcpSocket::new_v4()?;
+    /// socket.set_reuseaddr(true)?;
+    /// socket.bind("0.0.0.0:9001".parse().unwrap())?;
+    /// hub.serve(socket.listen(4096)?).await
+    /// # }
+    /// ```
+    ///
     /// # Cancel safety
     /// Dropping the future stops accepting; connections already accepted run on in their
     /// own tasks.

@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use futures_util::{SinkExt, StreamExt};
 use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 use wshub::{CloseCode, Config, SessionId};
 
 /// One attack at a time.
@@ -827,7 +827,7 @@ async fn an_upgrade_flood_beyond_max_sessions_gets_503() {
 
 /// Serves `hub` on a new loopback listener, presenting every connection as coming from `as_ip`.
 async fn serve_as(hub: &wshub::Hub, as_ip: std::net::IpAddr) -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let listener = support::listen();
     let addr = listener.local_addr().unwrap();
     let hub = hub.clone();
     tokio::spawn(async move {

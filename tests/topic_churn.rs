@@ -6,7 +6,6 @@ mod support;
 
 use serde_json::Value;
 use support::{Client, connect, recv_text, send_text};
-use tokio::net::TcpListener;
 use wshub::protocol::ClientCommand;
 use wshub::{Config, Handler, HistoryPolicy, Hub, Message, Session};
 
@@ -26,7 +25,7 @@ async fn serve(config: Config) -> (Hub, std::net::SocketAddr) {
     let hub = Hub::builder(App)
         .config(config.ping_interval(None).idle_timeout(None))
         .build();
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let listener = support::listen();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(hub.clone().serve(listener));
     (hub, addr)

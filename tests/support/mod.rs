@@ -359,6 +359,20 @@ impl TestHub {
     }
 }
 
+/// A listener on `127.0.0.1:0` with a backlog of 1,024.
+///
+/// `TcpListener::bind` listens with a backlog of 128, as the standard library does: when more
+/// connections arrive at once than the accept loop has taken yet, Linux drops the extra SYNs
+/// and the clients retry one second later, which would look like a hub that stalls under a
+/// burst. Tests that open hundreds of sockets at once bind through this.
+pub fn listen() -> TcpListener {
+    let socket = TcpSocket::new_v4().expect("a TCP socket");
+    socket
+        .bind(SocketAddr::from(([127, 0, 0, 1], 0)))
+        .expect("bind port 0");
+    socket.listen(1024).expect("listen")
+}
+
 /// Serves a hub with `config` and a recorder doing `behaviour` on `127.0.0.1:0`.
 pub async fn start(config: Config, behaviour: Behaviour) -> TestHub {
     let (tx, rx) = mpsc::unbounded_channel();
@@ -369,7 +383,7 @@ pub async fn start(config: Config, behaviour: Behaviour) -> TestHub {
         behaviour,
     };
     let hub = Hub::builder(recorder).config(config).build();
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind port 0");
+    let listener = listen();
     let addr = listener.local_addr().expect("local address");
     let serve = tokio::spawn(hub.clone().serve(listener));
     TestHub {
