@@ -330,7 +330,18 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             if self.session.outbox.aborted().is_some() {
                 return done(self, Driven::Aborted);
             }
-            self.session.outbox.register(cx.waker());
+            // What the handler queues for this session is written right after its poll, in
+            // this same wake-up: its pushes need not wake this task (a self-wake would
+            // reschedule the task and rouse an idle worker for nothing).
+            self.session.outbox.hold(cx.waker());
+            let polled = std::panic::catch_unwind(AssertUnwindSafe(|| Pin::new(&mut fut).poll(cx)));
+            match polled {
+                Ok(Poll::Ready(())) => return done(self, Driven::Done),
+                Ok(Poll::Pending) => {}
+                Err(_) => return done(self, Driven::Panicked),
+            }
+            // The handler waits: keep the socket written meanwhile. The drain that empties
+            // the queue ends the hold, so later pushes wake this task again.
             if self.io_error.is_none() {
                 if let Poll::Ready(Err(e)) = self.poll_write_side(cx) {
                     self.io_error = Some(e);
@@ -339,11 +350,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
                     self.session.outbox.finish();
                 }
             }
-            match std::panic::catch_unwind(AssertUnwindSafe(|| Pin::new(&mut fut).poll(cx))) {
-                Ok(Poll::Ready(())) => done(self, Driven::Done),
-                Ok(Poll::Pending) => Poll::Pending,
-                Err(_) => done(self, Driven::Panicked),
-            }
+            Poll::Pending
         })
     }
 

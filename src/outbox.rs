@@ -365,8 +365,21 @@ impl Outbox {
         out
     }
 
-    /// Registers the connection's waker when it is about to wait without draining (a
-    /// handler running, or a close in progress), so the next push or abort wakes it.
+    /// Registers the connection's waker and marks the connection awake while it polls a
+    /// handler: pushes made meanwhile (the handler's own sends among them) do not wake it,
+    /// since it drains right after the poll; that drain, once it empties the queue, ends the
+    /// hold. An abort still wakes it.
+    pub(crate) fn hold(&self, waker: &Waker) {
+        let mut st = self.lock();
+        st.notified = true;
+        match &st.waker {
+            Some(w) if w.will_wake(waker) => {}
+            _ => st.waker = Some(waker.clone()),
+        }
+    }
+
+    /// Registers the connection's waker when it is about to wait without draining (a close
+    /// in progress), so the next push or abort wakes it.
     pub(crate) fn register(&self, waker: &Waker) {
         let mut st = self.lock();
         st.notified = false;

@@ -438,7 +438,8 @@ async fn a_handshake_in_progress_at_shutdown_gets_503() {
     assert_eq!(t.hub.stats().sessions_opened, 0);
 }
 
-/// While one session's handler is busy (awaiting), the hub keeps writing to that session, other
+/// While one session's handler is busy (awaiting), the hub keeps writing to that session (what
+/// the handler queued before it waited, and what others send), other
 /// sessions run, and the heartbeat does not take the busy session for a dead peer: its client
 /// answers every ping, the hub just is not reading them yet.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -455,6 +456,9 @@ async fn a_busy_handler_keeps_its_session_alive_and_written() {
             let gate = handler_gate.clone();
             async move {
                 if m.as_text() == Some("block") {
+                    // Queued during the handler's first poll, which does not wake the
+                    // session's own task: it must still go out while the handler waits.
+                    s.send("before waiting").unwrap();
                     gate.notified().await;
                     s.send("unblocked").unwrap();
                 }
@@ -472,7 +476,13 @@ async fn a_busy_handler_keeps_its_session_alive_and_written() {
     let (mut busy_rx, busy_task) = spawn_pinged_reader(busy);
     let (mut ticks, clock_task) = spawn_pinged_reader(clock);
 
-    // Written while the handler is blocked.
+    // Written while the handler is blocked: its own send, and one from elsewhere.
+    within(
+        "the handler's own send before it waits",
+        busy_rx.wait_for(|(_, texts)| texts.iter().any(|s| s == "before waiting")),
+    )
+    .await
+    .unwrap();
     t.hub.send_to(busy_id, "while blocked").unwrap();
     within(
         "a message to the busy session",
