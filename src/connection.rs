@@ -198,9 +198,9 @@ where
     // A plain `async fn` would store its arguments twice (as arguments and as locals).
     async move {
         let session = &registered.0;
-        let handler = &*session.hub.engine.handler;
+        let handler = || &*session.hub.engine.handler;
         tracing::debug!(id = %session.id(), peer = %session.peer_addr(), path = session.path(), "session open");
-        let mut driven = conn.drive(handler.open(session)).await;
+        let mut driven = conn.drive(handler().open(session)).await;
         let reason = loop {
             if driven == Driven::Panicked {
                 tracing::error!(id = %session.id(), "handler panicked; closing the session with 1011");
@@ -211,18 +211,26 @@ where
                 Step::Message(m) => m,
                 Step::End(reason) => break reason,
             };
-            driven = conn.drive(handler.on_message(session, message)).await;
+            driven = conn.drive(handler().on_message(session, message)).await;
         };
         drop(conn);
         let session = registered.0.clone();
         drop(registered);
-        let core = &session.hub.engine;
-        core.counters.closed(&reason);
-        tracing::debug!(id = %session.id(), %reason, "session closed");
-        let closing = AssertUnwindSafe(core.handler.on_close(&session, reason));
-        if catch_unwind_future(closing).await.is_err() {
-            tracing::error!(id = %session.id(), "on_close panicked");
-        }
+        // Boxed, so the task's state is sized for the running session, not for this last
+        // step (an idle connection's memory is mostly that state).
+        Box::pin(closed(session, reason)).await;
+    }
+}
+
+/// The end of a session, after its connection and registration are gone: counted, logged,
+/// and `on_close` run.
+async fn closed(session: Session, reason: CloseReason) {
+    let core = &session.hub.engine;
+    core.counters.closed(&reason);
+    tracing::debug!(id = %session.id(), %reason, "session closed");
+    let closing = AssertUnwindSafe(core.handler.on_close(&session, reason));
+    if catch_unwind_future(closing).await.is_err() {
+        tracing::error!(id = %session.id(), "on_close panicked");
     }
 }
 

@@ -217,7 +217,10 @@ impl Hub {
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         let task = TaskGuard::new(&self.engine);
-        crate::connection::run(self.clone(), stream, peer, task)
+        // Boxed: a task spawned with a box holds a pointer in its 128-byte-aligned cell, and
+        // the connection's state gets an allocation of exactly its size (see BENCHMARKS.md,
+        // the bytes of an idle connection).
+        Box::pin(crate::connection::run(self.clone(), stream, peer, task))
     }
 
     /// Queues `message` for one session.
