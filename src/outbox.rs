@@ -71,21 +71,40 @@ enum Phase {
 struct State {
     frames: VecDeque<Bytes>,
     bytes: usize,
-    /// Pong frames owed, at most [`MAX_PONGS`]: past that the newest replaces the last, so a
-    /// ping flood from a client that does not read costs bounded memory and the latest ping
-    /// is still answered (RFC 6455 section 5.5.3 allows answering only the latest).
-    pongs: Vec<Bytes>,
     ping_due: bool,
-    close: Option<Box<Bytes>>,
-    /// The close frame this side sent first, for `on_close`.
-    close_frame: Option<Box<CloseFrame>>,
     phase: Phase,
     waker: Option<Waker>,
     /// The connection was woken and has not drained since: no need to wake it again.
     notified: bool,
+    high_water: usize,
+    /// What most sessions never need, allocated on first use: an idle session holds one
+    /// pointer for it.
+    rare: Option<Box<Rare>>,
+}
+
+/// The parts of a queue used by pings, closes and streamed replays only.
+#[derive(Default)]
+struct Rare {
+    /// Pong frames owed, at most [`MAX_PONGS`]: past that the newest replaces the last, so a
+    /// ping flood from a client that does not read costs bounded memory and the latest ping
+    /// is still answered (RFC 6455 section 5.5.3 allows answering only the latest).
+    pongs: Vec<Bytes>,
+    close: Option<Bytes>,
+    /// The close frame this side sent first, for `on_close`.
+    close_frame: Option<CloseFrame>,
     /// A streamed replay waiting for the queue to drain to half (see [`Outbox::poll_room`]).
     room: Option<Waker>,
-    high_water: usize,
+}
+
+impl State {
+    fn rare(&mut self) -> &mut Rare {
+        self.rare.get_or_insert_with(Box::default)
+    }
+
+    /// Whether a close frame is queued and not yet taken by a drain.
+    fn close_queued(&self) -> bool {
+        self.rare.as_ref().is_some_and(|r| r.close.is_some())
+    }
 }
 
 pub(crate) struct Outbox {
@@ -121,15 +140,12 @@ impl Outbox {
             state: Mutex::new(State {
                 frames: VecDeque::new(),
                 bytes: 0,
-                pongs: Vec::new(),
                 ping_due: false,
-                close: None,
-                close_frame: None,
                 phase: Phase::Open,
                 waker: None,
                 notified: false,
-                room: None,
                 high_water: 0,
+                rare: None,
             }),
             max_bytes: config.max_queue_bytes,
             max_messages: config.max_queue_messages,
@@ -215,9 +231,9 @@ impl Outbox {
     pub(crate) fn reply_close(&self, frame: Option<&CloseFrame>) {
         let mut st = self.lock();
         if st.phase == Phase::Open {
-            st.close = Some(Box::new(frame::encode_close(
+            st.rare().close = Some(frame::encode_close(
                 frame.map(|f| CloseFrame::new(f.code, "")).as_ref(),
-            )));
+            ));
             st.phase = Phase::Closing;
             self.open.store(false, Ordering::Release);
             Self::wake_room(&mut st);
@@ -228,8 +244,9 @@ impl Outbox {
     fn begin_close(&self, st: &mut State, frame: CloseFrame) {
         Self::wake_room(st);
         self.open.store(false, Ordering::Release);
-        st.close = Some(Box::new(frame::encode_close(Some(&frame))));
-        st.close_frame = Some(Box::new(frame));
+        let rare = st.rare();
+        rare.close = Some(frame::encode_close(Some(&frame)));
+        rare.close_frame = Some(frame);
         st.phase = Phase::Closing;
     }
 
@@ -238,10 +255,11 @@ impl Outbox {
         let mut st = self.lock();
         if st.phase == Phase::Open {
             let pong = frame::encode(frame::OP_PONG, payload);
-            if st.pongs.len() >= MAX_PONGS {
-                st.pongs.pop();
+            let pongs = &mut st.rare().pongs;
+            if pongs.len() >= MAX_PONGS {
+                pongs.pop();
             }
-            st.pongs.push(pong);
+            pongs.push(pong);
             Self::wake(&mut st);
         }
     }
@@ -325,7 +343,8 @@ impl Outbox {
             return out;
         }
         let mut taken = 0;
-        for pong in std::mem::take(&mut st.pongs) {
+        let pongs = st.rare.as_mut().map(|r| std::mem::take(&mut r.pongs));
+        for pong in pongs.into_iter().flatten() {
             taken = put(pong);
             out.frames += 1;
         }
@@ -342,8 +361,8 @@ impl Outbox {
             out.frames += 1;
         }
         if st.frames.is_empty() {
-            if let Some(close) = st.close.take() {
-                put(*close);
+            if let Some(close) = st.rare.as_mut().and_then(|r| r.close.take()) {
+                put(close);
                 st.phase = Phase::CloseWritten;
                 out.frames += 1;
                 out.close_written = true;
@@ -352,7 +371,7 @@ impl Outbox {
         if self.has_room(&st) || st.phase != Phase::Open {
             Self::wake_room(&mut st);
         }
-        if st.frames.is_empty() && st.close.is_none() {
+        if st.frames.is_empty() && !st.close_queued() {
             // Everything is taken: the next push wakes the connection. Registering now saves
             // the connection a second look at an empty queue after writing this batch.
             out.emptied = true;
@@ -400,7 +419,7 @@ impl Outbox {
         if self.has_room(&st) {
             return std::task::Poll::Ready(true);
         }
-        st.room = Some(cx.waker().clone());
+        st.rare().room = Some(cx.waker().clone());
         std::task::Poll::Pending
     }
 
@@ -409,7 +428,7 @@ impl Outbox {
     }
 
     fn wake_room(st: &mut State) {
-        if let Some(w) = st.room.take() {
+        if let Some(w) = st.rare.as_mut().and_then(|r| r.room.take()) {
             w.wake();
         }
     }
@@ -437,7 +456,7 @@ impl Outbox {
 
     /// The close frame this side queued first, if any.
     pub(crate) fn sent_close_frame(&self) -> Option<CloseFrame> {
-        self.lock().close_frame.as_deref().cloned()
+        self.lock().rare.as_ref()?.close_frame.clone()
     }
 
     /// The connection ended: refuse everything from now on and free the queue.
@@ -447,9 +466,12 @@ impl Outbox {
         self.open.store(false, Ordering::Release);
         st.frames = VecDeque::new();
         st.bytes = 0;
-        st.pongs = Vec::new();
-        st.close = None;
         st.waker = None;
+        // The close frame this side sent stays, for `on_close`; the rest is freed.
+        if let Some(rare) = st.rare.as_mut() {
+            rare.pongs = Vec::new();
+            rare.close = None;
+        }
         Self::wake_room(&mut st);
     }
 }

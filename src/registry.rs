@@ -162,7 +162,42 @@ impl Members {
 #[derive(Default)]
 pub(crate) struct SessionTopics {
     removed: bool,
-    set: HashSet<Arc<str>>,
+    /// Allocated on the first subscribe and freed with the last unsubscribe: a session in no
+    /// topic holds one pointer for it, not an empty set's 48 bytes.
+    #[allow(
+        clippy::box_collection,
+        reason = "the box is what keeps an idle session small"
+    )]
+    set: Option<Box<HashSet<Arc<str>>>>,
+}
+
+impl SessionTopics {
+    fn contains(&self, topic: &str) -> bool {
+        self.set.as_ref().is_some_and(|set| set.contains(topic))
+    }
+
+    fn len(&self) -> usize {
+        self.set.as_ref().map_or(0, |set| set.len())
+    }
+
+    fn insert(&mut self, topic: Arc<str>) {
+        self.set.get_or_insert_with(Box::default).insert(topic);
+    }
+
+    fn remove(&mut self, topic: &str) -> bool {
+        let Some(set) = self.set.as_mut() else {
+            return false;
+        };
+        let removed = set.remove(topic);
+        if set.is_empty() {
+            self.set = None;
+        }
+        removed
+    }
+
+    fn iter(&self) -> impl Iterator<Item = &Arc<str>> {
+        self.set.iter().flat_map(|set| set.iter())
+    }
 }
 
 /// What a subscribe changed, for the hooks that run after the registry's locks are released.
@@ -314,7 +349,7 @@ impl Registry {
                 return None;
             }
             t.removed = true;
-            std::mem::take(&mut t.set)
+            t.set.take().map(|set| *set).unwrap_or_default()
         };
         let left = topics
             .into_iter()
@@ -393,10 +428,10 @@ impl Registry {
         // Lock order: the session's topic set, then the topic shard. `remove` takes the set
         // first too, so a session that is leaving can never be added back to a topic.
         let mut mine = lock(&s.topics);
-        if mine.removed || mine.set.contains(topic) {
+        if mine.removed || mine.contains(topic) {
             return Ok(unchanged);
         }
-        if mine.set.len() >= self.max_topics {
+        if mine.len() >= self.max_topics {
             return Err(TopicError::TooManyTopics {
                 limit: self.max_topics,
             });
@@ -407,14 +442,14 @@ impl Registry {
             None => (Arc::from(topic), true),
         };
         shard.entry(key.clone()).or_default().insert(s.clone());
-        mine.set.insert(key);
+        mine.insert(key);
         Ok(Joined { added: true, first })
     }
 
     /// Removes the session from `topic`.
     pub(crate) fn unsubscribe(&self, s: &SessionInner, topic: &str) -> Left {
         let mut mine = lock(&s.topics);
-        if !mine.set.remove(topic) {
+        if !mine.remove(topic) {
             return Left {
                 removed: false,
                 last: false,
@@ -429,7 +464,7 @@ impl Registry {
 
     /// Whether the session is subscribed to `topic` now.
     pub(crate) fn is_subscribed(s: &SessionInner, topic: &str) -> bool {
-        lock(&s.topics).set.contains(topic)
+        lock(&s.topics).contains(topic)
     }
 
     /// Takes `id` out of `topic`'s members; true when that left the topic empty here.
@@ -466,7 +501,7 @@ impl Registry {
 
     /// The topics the session is in, sorted.
     pub(crate) fn session_topics(s: &SessionInner) -> Vec<String> {
-        let mut topics: Vec<String> = lock(&s.topics).set.iter().map(|t| t.to_string()).collect();
+        let mut topics: Vec<String> = lock(&s.topics).iter().map(|t| t.to_string()).collect();
         topics.sort();
         topics
     }
