@@ -11,6 +11,14 @@
 //!   holds: a reference and a `Message`) created and polled once through
 //!   `Pin<Box<dyn Future + Send>>`, against the same future pinned on the stack.
 //!
+//! - `dispatch/relay_to_another_session_over_tcp/64B`: two clients on real loopback sockets
+//!   (driven from the bench thread) and a handler that broadcasts: one client writes a 64-byte
+//!   binary message, the time runs until the other client has its copy (the peer benchmark's
+//!   `echo`). The sender's handler runs on one server worker, the receiver's session is
+//!   woken by the broadcast. `.../64B_after_1ms_idle` waits a millisecond before each message
+//!   (not timed), so the server's workers are parked when it arrives, as in the peer
+//!   benchmark's `echo` at 1,000 messages/s: that is the case the wake-ups decide.
+//!
 //! ```text
 //! cargo bench --bench dispatch
 //! ```
@@ -46,6 +54,55 @@ impl Handler for Counting {
 
 struct DefaultHandler;
 impl Handler for DefaultHandler {}
+
+/// Sends every message to every session, its sender included (the peer benchmark's hub).
+struct Broadcast;
+
+#[wshub::async_trait]
+impl Handler for Broadcast {
+    async fn on_message(&self, session: &Session, message: Message) {
+        session.hub().broadcast(message);
+    }
+}
+
+/// Times `iters` messages of 64 bytes from `sender`'s write until `receiver` has the copy
+/// the hub broadcast, each after `idle` without traffic (not counted). The sender's own copy
+/// is read after the clock stops.
+async fn relay_times(
+    sender: &mut support::Upgraded<tokio::net::TcpStream>,
+    receiver: &mut support::Upgraded<tokio::net::TcpStream>,
+    iters: u64,
+    idle: Duration,
+) -> Duration {
+    let frame = support::masked_frame(OP_BINARY, &[7u8; 64]);
+    // A copy: a 2-byte header (FIN + binary, length 64) and the payload, unmasked.
+    let mut copy = [0u8; 66];
+    let mut total = Duration::ZERO;
+    for _ in 0..iters {
+        if !idle.is_zero() {
+            tokio::time::sleep(idle).await;
+        }
+        let start = Instant::now();
+        sender.io.write_all(&frame).await.expect("write");
+        receiver
+            .io
+            .read_exact(&mut copy)
+            .await
+            .expect("read the copy");
+        total += start.elapsed();
+        assert_eq!(
+            copy[..2],
+            [0x82, 64],
+            "one unfragmented 64-byte binary frame"
+        );
+        sender
+            .io
+            .read_exact(&mut copy)
+            .await
+            .expect("read its own copy");
+    }
+    total
+}
 
 /// One session and its client end, writing runs of pre-built masked frames.
 struct Inbound {
@@ -140,6 +197,30 @@ fn dispatch(c: &mut Criterion) {
         "every message read"
     );
     rt.block_on(inbound.hub.shutdown(Duration::from_millis(200)));
+
+    let hub = Hub::builder(Broadcast)
+        .config(support::bench_config())
+        .build();
+    let clients = rt.block_on(support::open_sessions(&hub, support::Transport::Tcp, 2));
+    let [
+        support::Client::Tcp(mut sender),
+        support::Client::Tcp(mut receiver),
+    ] = <[support::Client; 2]>::try_from(clients).unwrap_or_else(|_| unreachable!("two clients"))
+    else {
+        unreachable!("two TCP clients")
+    };
+    assert!(
+        sender.rest.is_empty() && receiver.rest.is_empty(),
+        "nothing sent yet"
+    );
+    for (name, idle) in [("64B", 0), ("64B_after_1ms_idle", 1)] {
+        let idle = Duration::from_millis(idle);
+        let id = BenchmarkId::new("relay_to_another_session_over_tcp", name);
+        group.bench_function(id, |b| {
+            b.iter_custom(|iters| rt.block_on(relay_times(&mut sender, &mut receiver, iters, idle)))
+        });
+    }
+    rt.block_on(hub.shutdown(Duration::from_millis(200)));
 
     let counter = AtomicU64::new(0);
     let message = Message::binary(Bytes::from(vec![0x5a; 64]));

@@ -62,12 +62,21 @@
 //!    nodes.
 //! 3. `registry.rs` — the sessions, shard by shard under a read lock: a reference-counted
 //!    clone of the frame is pushed into each session's outbox.
-//! 4. `outbox.rs` — a bounded queue per session; the first push wakes the session's task.
+//! 4. `outbox.rs` — a bounded queue per session; the first push wakes the session's task
+//!    (not when the session's own handler is the sender: its task writes right after the
+//!    handler's poll).
 //! 5. `connection.rs` — one task per socket drains everything queued into one buffer and
 //!    writes it with one system call.
 //!
 //! So under load there is one write per session per wake-up, not one per message, and the
 //! payload is copied only into the socket's write buffer.
+//!
+//! **Runtime.** wshub needs no tuning of tokio: `#[tokio::main]` (the multi-thread runtime,
+//! one worker per core, its defaults for the LIFO slot and the event interval) is what the
+//! examples and the benchmarks use. A round trip costs one worker wake-up there, and the
+//! current-thread runtime measured the same latency (BENCHMARKS.md §7); it spends about a
+//! tenth less CPU per fan-out delivery but uses one core, so take it only where one core is
+//! enough.
 //!
 //! - **Bounded.** Each session's queue is limited in bytes and messages
 //!   ([`Config::max_queue_bytes`], [`Config::max_queue_messages`]). When it is full, the
