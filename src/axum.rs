@@ -158,7 +158,10 @@ pub async fn upgrade(hub: &Hub, request: Request) -> Response {
         let upgraded = tokio::time::timeout(hub.engine.config.handshake_timeout, on_upgrade).await;
         match upgraded {
             Ok(Ok(io)) => {
-                crate::connection::serve_session(hub, TokioIo::new(io), accepted, Bytes::new())
+                let session =
+                    crate::connection::serve_session(hub, TokioIo::new(io), accepted, Bytes::new());
+                let mut session = std::pin::pin!(session);
+                std::future::poll_fn(|cx| crate::connection::poll_batched(session.as_mut(), cx))
                     .await;
             }
             Ok(Err(e)) => tracing::debug!(%peer, error = %e, "upgrade failed"),

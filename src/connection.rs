@@ -57,7 +57,8 @@ where
         let Some((io, accepted, rest)) = upgrading.await else {
             return;
         };
-        serve_session(hub, io, accepted, rest).await;
+        let mut session = pin!(serve_session(hub, io, accepted, rest));
+        poll_fn(|cx| poll_batched(session.as_mut(), cx)).await;
         drop(task);
     }
 }
@@ -170,6 +171,17 @@ where
     // actions) is recorded inside this span.
     let span = tracing::info_span!("session", id = %inner.id, peer = %inner.request.peer_addr());
     run_session(conn, Registered(Session { inner, hub })).instrument(span)
+}
+
+/// Polls the future of [`serve_session`] inside a [`WakeBatch`](crate::outbox::WakeBatch):
+/// the sessions its handlers send to are woken when the poll ends, after every message it
+/// read. (Pinned by the caller: a helper future would store the session's state twice.)
+pub(crate) fn poll_batched<F: Future>(
+    session: Pin<&mut F>,
+    cx: &mut Context<'_>,
+) -> Poll<F::Output> {
+    let _batch = crate::outbox::WakeBatch::begin();
+    session.poll(cx)
 }
 
 /// The session of a connection task. Dropping it takes the session out of the registry and

@@ -25,6 +25,56 @@ const MAX_PONGS: usize = 16;
 /// the configured limits before the slow-consumer policy applies (see [`Outbox::push`]).
 pub(crate) const BURST_FACTOR: usize = 4;
 
+thread_local! {
+    /// Whether a [`WakeBatch`] is open on this thread, and the wakers it holds back.
+    static BATCHING: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    static DEFERRED: std::cell::RefCell<Vec<Waker>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+fn wake_or_defer(waker: &Waker) {
+    if BATCHING.get() {
+        DEFERRED.with_borrow_mut(|d| d.push(waker.clone()));
+    } else {
+        waker.wake_by_ref();
+    }
+}
+
+/// While one connection task is polled, the connections its handlers' pushes would wake are
+/// woken when the poll ends instead, all at once: they then find every message of the
+/// batch the task read queued, and write them with one call each, as they would have had
+/// the sender been faster. Dropping the batch (also on unwind) wakes them.
+pub(crate) struct WakeBatch {
+    outermost: bool,
+}
+
+impl WakeBatch {
+    pub(crate) fn begin() -> Self {
+        WakeBatch {
+            outermost: !BATCHING.replace(true),
+        }
+    }
+}
+
+impl Drop for WakeBatch {
+    fn drop(&mut self) {
+        if !self.outermost {
+            return;
+        }
+        BATCHING.set(false);
+        let mut wakers = DEFERRED.take();
+        for w in wakers.drain(..) {
+            w.wake();
+        }
+        if wakers.capacity() <= 4096 {
+            DEFERRED.with_borrow_mut(|d| {
+                if d.is_empty() {
+                    *d = wakers;
+                }
+            });
+        }
+    }
+}
+
 /// The result of one push.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Pushed {
@@ -296,7 +346,7 @@ impl Outbox {
         if !st.notified {
             if let Some(w) = &st.waker {
                 st.notified = true;
-                w.wake_by_ref();
+                wake_or_defer(w);
             }
         }
     }

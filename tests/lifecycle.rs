@@ -438,6 +438,60 @@ async fn a_handshake_in_progress_at_shutdown_gets_503() {
     assert_eq!(t.hub.stats().sessions_opened, 0);
 }
 
+/// A handler's broadcast reaches the other sessions while the handler still waits, and a
+/// handler that panics after broadcasting still delivers what it sent: the wake-ups that a
+/// session's task holds back until the end of its poll are never lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handlers_broadcast_is_delivered_while_it_waits_or_after_it_panics() {
+    let gate = Arc::new(Notify::new());
+    let handler_gate = gate.clone();
+    let mut t = start(
+        Config::default(),
+        Behaviour::default().on_message_async(move |s, m| {
+            let gate = handler_gate.clone();
+            async move {
+                match m.as_text() {
+                    Some("wait") => {
+                        s.hub().broadcast("sent before waiting");
+                        gate.notified().await;
+                        s.hub().broadcast("sent after waiting");
+                    }
+                    Some("panic") => {
+                        s.hub().broadcast("sent before panicking");
+                        panic!("a handler panics after broadcasting");
+                    }
+                    _ => {}
+                }
+            }
+        }),
+    )
+    .await;
+    let mut sender = connect(t.addr).await;
+    t.events.open().await;
+    let mut others = Vec::new();
+    for _ in 0..8 {
+        others.push(connect(t.addr).await);
+        t.events.open().await;
+    }
+
+    send_text(&mut sender, "wait").await;
+    t.events.message().await;
+    for other in &mut others {
+        assert_eq!(recv_text(other).await, "sent before waiting");
+    }
+    gate.notify_one();
+    for other in &mut others {
+        assert_eq!(recv_text(other).await, "sent after waiting");
+    }
+
+    let mut panicking = connect(t.addr).await;
+    t.events.open().await;
+    send_text(&mut panicking, "panic").await;
+    for other in &mut others {
+        assert_eq!(recv_text(other).await, "sent before panicking");
+    }
+}
+
 /// While one session's handler is busy (awaiting), the hub keeps writing to that session (what
 /// the handler queued before it waited, and what others send), other
 /// sessions run, and the heartbeat does not take the busy session for a dead peer: its client
