@@ -64,7 +64,8 @@
 //!    clone of the frame is pushed into each session's outbox.
 //! 4. `outbox.rs` — a bounded queue per session; the first push wakes the session's task
 //!    (not when the session's own handler is the sender: its task writes right after the
-//!    handler's poll).
+//!    handler's poll). A broadcast from a handler wakes its recipients when the sender's
+//!    task ends its poll, after every message it read, so each writes them all at once.
 //! 5. `connection.rs` — one task per socket drains everything queued into one buffer and
 //!    writes it with one system call.
 //!
