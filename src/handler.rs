@@ -262,6 +262,10 @@ impl Request {
         &self.target
     }
 
+    pub(crate) fn set_target(&mut self, target: PathAndQuery) {
+        self.target = target;
+    }
+
     /// The path, e.g. `/live`.
     pub fn path(&self) -> &str {
         self.target.path()

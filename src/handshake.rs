@@ -159,7 +159,7 @@ fn bad_request(why: &'static str) -> Reject {
 }
 
 /// Builds the head from a parse of `buf`. Header values and the target are slices of one
-/// exact-size copy of the head, so a session keeps a single allocation for them.
+/// copy of the head, not an allocation each; a session keeps a compact copy (`compact`).
 fn to_head(req: &httparse::Request<'_, '_>, buf: &[u8], len: usize) -> Result<Head, Reject> {
     let raw = Bytes::copy_from_slice(&buf[..len]);
     let slice = |part: &[u8]| {
@@ -205,16 +205,44 @@ const HANDSHAKE_ONLY: [HeaderName; 5] = [
     header::SEC_WEBSOCKET_EXTENSIONS,
 ];
 
-/// The request's headers without the handshake-only ones, in a map of exactly their size.
-fn session_headers(headers: &HeaderMap) -> HeaderMap {
+/// Keeps what a session may read of its request — the target and the headers other than the
+/// handshake-only ones — in one allocation of exactly their size, so the request head (with
+/// the key, the version and the extension offers, or hyper's read buffer under axum) is freed.
+fn compact(request: &mut Request) {
     let kept = |name: &HeaderName| !HANDSHAKE_ONLY.contains(name);
-    let mut out = HeaderMap::with_capacity(headers.keys().filter(|n| kept(n)).count());
-    for (name, value) in headers {
+    let target = request.path_and_query().clone();
+    let headers = std::mem::take(request.headers_mut());
+    let len = target.as_str().len()
+        + headers
+            .iter()
+            .filter(|(n, _)| kept(n))
+            .map(|(_, v)| v.len())
+            .sum::<usize>();
+    let mut buf = Vec::with_capacity(len);
+    buf.extend_from_slice(target.as_str().as_bytes());
+    for (name, value) in &headers {
         if kept(name) {
-            out.append(name.clone(), value.clone());
+            buf.extend_from_slice(value.as_bytes());
         }
     }
-    out
+    let raw = Bytes::from(buf);
+    let mut at = target.as_str().len();
+    // Each part was valid where it came from, so it is valid here; the fallbacks only keep
+    // the original part if that ever stopped being true.
+    let new_target = PathAndQuery::from_maybe_shared(raw.slice(..at)).unwrap_or(target);
+    let mut out = HeaderMap::with_capacity(headers.keys().filter(|n| kept(n)).count());
+    for (name, value) in &headers {
+        if kept(name) {
+            let end = at + value.len();
+            let mut copy = HeaderValue::from_maybe_shared(raw.slice(at..end))
+                .unwrap_or_else(|_| value.clone());
+            copy.set_sensitive(value.is_sensitive());
+            out.append(name.clone(), copy);
+            at = end;
+        }
+    }
+    request.set_target(new_target);
+    *request.headers_mut() = out;
 }
 
 /// Whether a comma-separated header contains `token` (case-insensitive).
@@ -349,8 +377,7 @@ pub(crate) async fn policy(
             .filter(|p| offered.contains(&p.as_str()))
     };
     let deflate = negotiate_deflate(core, &request);
-    let compact = session_headers(request.headers());
-    *request.headers_mut() = compact;
+    compact(&mut request);
     Ok(Accepted {
         accept_key: tungstenite::handshake::derive_accept_key(&key),
         request,

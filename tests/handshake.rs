@@ -393,3 +393,67 @@ async fn an_unfinished_handshake_is_dropped_after_the_timeout() {
     c.expect_eof().await;
     assert_eq!(t.hub.stats().sessions_opened, 0);
 }
+
+/// A session keeps its target and every header but the handshake-only ones, exactly as sent
+/// (repeated headers in order), after the request head itself has been freed.
+#[tokio::test]
+async fn an_open_session_sees_its_target_and_headers_as_sent() {
+    let (seen_tx, mut seen) = tokio::sync::mpsc::unbounded_channel();
+    let behaviour = Behaviour::default().on_open(move |s| {
+        let h = s.headers();
+        let all = |name: &str| -> Vec<String> {
+            h.get_all(name)
+                .iter()
+                .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+                .collect()
+        };
+        let handshake_only = [
+            "upgrade",
+            "connection",
+            "sec-websocket-key",
+            "sec-websocket-version",
+        ]
+        .iter()
+        .filter(|n| h.contains_key(**n))
+        .count();
+        let _ = seen_tx.send((
+            s.path().to_string(),
+            s.query().map(str::to_string),
+            s.request().path_and_query().as_str().to_string(),
+            all("x-tag"),
+            all("cookie"),
+            all("user-agent"),
+            all("x-empty"),
+            s.request().header("host").map(str::to_string),
+            handshake_only,
+            h.len(),
+        ));
+    });
+    let mut t = start(quiet_config(), behaviour).await;
+    let (r, _c) = upgrade_with(
+        &t,
+        "/live/feed?room=7&token=a%20b",
+        &[
+            ("X-Tag", "first"),
+            ("Cookie", "s=1; theme=dark"),
+            ("User-Agent", "test/1.0 (X11; Linux)"),
+            ("X-Tag", "second"),
+            ("X-Empty", ""),
+        ],
+    )
+    .await;
+    assert_eq!(r.status, 101);
+    t.events.open().await;
+    let seen = within("the open hook's report", seen.recv()).await.unwrap();
+    assert_eq!(seen.0, "/live/feed");
+    assert_eq!(seen.1.as_deref(), Some("room=7&token=a%20b"));
+    assert_eq!(seen.2, "/live/feed?room=7&token=a%20b");
+    assert_eq!(seen.3, ["first", "second"], "repeated header, in order");
+    assert_eq!(seen.4, ["s=1; theme=dark"]);
+    assert_eq!(seen.5, ["test/1.0 (X11; Linux)"]);
+    assert_eq!(seen.6, [""]);
+    assert_eq!(seen.7, Some(t.addr.to_string()));
+    assert_eq!(seen.8, 0, "handshake-only headers dropped");
+    // host, x-tag ×2, cookie, user-agent, x-empty
+    assert_eq!(seen.9, 6);
+}
