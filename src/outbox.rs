@@ -75,6 +75,14 @@ impl Drop for WakeBatch {
     }
 }
 
+/// Stores `waker` in `slot`, unless the one there already wakes the same task.
+fn keep_waker(slot: &mut Option<Waker>, waker: &Waker) {
+    match slot {
+        Some(w) => w.clone_from(waker),
+        None => *slot = Some(waker.clone()),
+    }
+}
+
 /// The result of one push.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Pushed {
@@ -426,10 +434,7 @@ impl Outbox {
             // the connection a second look at an empty queue after writing this batch.
             out.emptied = true;
             st.notified = false;
-            match &st.waker {
-                Some(w) if w.will_wake(waker) => {}
-                _ => st.waker = Some(waker.clone()),
-            }
+            keep_waker(&mut st.waker, waker);
         }
         out
     }
@@ -441,10 +446,7 @@ impl Outbox {
     pub(crate) fn hold(&self, waker: &Waker) {
         let mut st = self.lock();
         st.notified = true;
-        match &st.waker {
-            Some(w) if w.will_wake(waker) => {}
-            _ => st.waker = Some(waker.clone()),
-        }
+        keep_waker(&mut st.waker, waker);
     }
 
     /// Registers the connection's waker when it is about to wait without draining (a close
@@ -452,10 +454,7 @@ impl Outbox {
     pub(crate) fn register(&self, waker: &Waker) {
         let mut st = self.lock();
         st.notified = false;
-        match &st.waker {
-            Some(w) if w.will_wake(waker) => {}
-            _ => st.waker = Some(waker.clone()),
-        }
+        keep_waker(&mut st.waker, waker);
     }
 
     /// `Ready(true)` once the queue is at most half full (so a streamed replay may add to
