@@ -2,6 +2,7 @@
 
 use std::fmt;
 use std::net::SocketAddr;
+use std::sync::OnceLock;
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -231,9 +232,55 @@ impl fmt::Display for CloseReason {
 pub struct Request {
     method: Method,
     target: PathAndQuery,
-    headers: HeaderMap,
+    headers: Headers,
     peer: SocketAddr,
     extensions: Extensions,
+}
+
+/// A request's headers: the whole map during the handshake; once the session is open, the
+/// ones it keeps, as `name:value\n` lines in one allocation, made a map only when
+/// [`Request::headers`] is first called (an idle session that never asks holds no map).
+struct Headers {
+    lines: Bytes,
+    map: OnceLock<Box<HeaderMap>>,
+}
+
+impl Headers {
+    fn map(&self) -> &HeaderMap {
+        self.map.get_or_init(|| Box::new(parse_lines(&self.lines)))
+    }
+
+    /// The first value of `name` (any case), without making the map.
+    fn first(&self, name: &str) -> Option<&[u8]> {
+        if let Some(map) = self.map.get() {
+            return map.get(name).map(HeaderValue::as_bytes);
+        }
+        self.lines.split(|&b| b == b'\n').find_map(|line| {
+            let colon = line.iter().position(|&b| b == b':')?;
+            line[..colon]
+                .eq_ignore_ascii_case(name.as_bytes())
+                .then(|| &line[colon + 1..])
+        })
+    }
+}
+
+/// The map of `name:value\n` lines; the values are slices of `lines`, not copies.
+fn parse_lines(lines: &Bytes) -> HeaderMap {
+    let mut map = HeaderMap::new();
+    let mut start = 0;
+    for line in lines.split(|&b| b == b'\n') {
+        let end = start + line.len();
+        if let Some(colon) = line.iter().position(|&b| b == b':') {
+            // Every line was a valid header when it was written.
+            let name = HeaderName::from_bytes(&line[..colon]);
+            let value = HeaderValue::from_maybe_shared(lines.slice(start + colon + 1..end));
+            if let (Ok(name), Ok(value)) = (name, value) {
+                map.append(name, value);
+            }
+        }
+        start = end + 1;
+    }
+    map
 }
 
 impl Request {
@@ -246,10 +293,45 @@ impl Request {
         Request {
             method,
             target,
-            headers,
+            headers: Headers {
+                lines: Bytes::new(),
+                map: OnceLock::from(Box::new(headers)),
+            },
             peer,
             extensions: Extensions::new(),
         }
+    }
+
+    /// Keeps what a session may read of its request — the target and the headers not in
+    /// `dropped` — in one allocation of exactly their size, so the request head (with the
+    /// handshake's key, version and extension offers, or hyper's read buffer under axum) is
+    /// freed, and the header map is made again only if the application asks for it.
+    pub(crate) fn keep_for_session(&mut self, dropped: &[HeaderName]) {
+        let map = self.headers.map.take().map(|m| *m).unwrap_or_default();
+        let kept: Vec<_> = map.iter().filter(|(n, _)| !dropped.contains(n)).collect();
+        let target_len = self.target.as_str().len();
+        let lines_len: usize = kept
+            .iter()
+            .map(|(n, v)| n.as_str().len() + v.len() + 2)
+            .sum();
+        let mut buf = Vec::with_capacity(target_len + lines_len);
+        buf.extend_from_slice(self.target.as_str().as_bytes());
+        for (name, value) in kept {
+            buf.extend_from_slice(name.as_str().as_bytes());
+            buf.push(b':');
+            buf.extend_from_slice(value.as_bytes());
+            buf.push(b'\n');
+        }
+        let raw = Bytes::from(buf);
+        // The target was valid where it came from; should that ever not hold, the old one
+        // stays.
+        if let Ok(target) = PathAndQuery::from_maybe_shared(raw.slice(..target_len)) {
+            self.target = target;
+        }
+        self.headers = Headers {
+            lines: raw.slice(target_len..),
+            map: OnceLock::new(),
+        };
     }
 
     /// The request method (`GET` for every upgrade).
@@ -260,10 +342,6 @@ impl Request {
     /// The path and query of the request target, e.g. `/live?room=7`.
     pub fn path_and_query(&self) -> &PathAndQuery {
         &self.target
-    }
-
-    pub(crate) fn set_target(&mut self, target: PathAndQuery) {
-        self.target = target;
     }
 
     /// The path, e.g. `/live`.
@@ -286,18 +364,26 @@ impl Request {
 
     /// The request headers. Once the session is open, the headers that only served the
     /// handshake (`Upgrade`, `Connection`, `Sec-WebSocket-Key`, `Sec-WebSocket-Version`,
-    /// `Sec-WebSocket-Extensions`) are no longer kept; everything else is.
+    /// `Sec-WebSocket-Extensions`) are no longer kept; everything else is. An open session
+    /// keeps them compactly and makes this map on the first call; [`header`](Self::header)
+    /// reads one value without it.
     pub fn headers(&self) -> &HeaderMap {
-        &self.headers
+        self.headers.map()
     }
 
-    pub(crate) fn headers_mut(&mut self) -> &mut HeaderMap {
-        &mut self.headers
-    }
-
-    /// A header's value, when present and visible ASCII.
+    /// A header's value (the first, if repeated; the name in any case), when present and
+    /// visible ASCII.
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.get(name)?.to_str().ok()
+        let value = self.headers.first(name)?;
+        // As `HeaderValue::to_str`: visible ASCII, space and tab.
+        if value
+            .iter()
+            .all(|&b| b == b'\t' || (0x20..0x7f).contains(&b))
+        {
+            std::str::from_utf8(value).ok()
+        } else {
+            None
+        }
     }
 
     /// The TCP peer address (behind a proxy, the proxy's; read `X-Forwarded-For` yourself if
@@ -356,7 +442,7 @@ impl fmt::Debug for Request {
         f.debug_struct("Request")
             .field("target", &self.target)
             .field("peer", &self.peer)
-            .field("headers", &self.headers)
+            .field("headers", self.headers())
             .finish_non_exhaustive()
     }
 }

@@ -159,7 +159,7 @@ fn bad_request(why: &'static str) -> Reject {
 }
 
 /// Builds the head from a parse of `buf`. Header values and the target are slices of one
-/// copy of the head, not an allocation each; a session keeps a compact copy (`compact`).
+/// copy of the head, not an allocation each; a session keeps a compact copy (`Request::keep_for_session`).
 fn to_head(req: &httparse::Request<'_, '_>, buf: &[u8], len: usize) -> Result<Head, Reject> {
     let raw = Bytes::copy_from_slice(&buf[..len]);
     let slice = |part: &[u8]| {
@@ -204,46 +204,6 @@ const HANDSHAKE_ONLY: [HeaderName; 5] = [
     header::SEC_WEBSOCKET_VERSION,
     header::SEC_WEBSOCKET_EXTENSIONS,
 ];
-
-/// Keeps what a session may read of its request — the target and the headers other than the
-/// handshake-only ones — in one allocation of exactly their size, so the request head (with
-/// the key, the version and the extension offers, or hyper's read buffer under axum) is freed.
-fn compact(request: &mut Request) {
-    let kept = |name: &HeaderName| !HANDSHAKE_ONLY.contains(name);
-    let target = request.path_and_query().clone();
-    let headers = std::mem::take(request.headers_mut());
-    let len = target.as_str().len()
-        + headers
-            .iter()
-            .filter(|(n, _)| kept(n))
-            .map(|(_, v)| v.len())
-            .sum::<usize>();
-    let mut buf = Vec::with_capacity(len);
-    buf.extend_from_slice(target.as_str().as_bytes());
-    for (name, value) in &headers {
-        if kept(name) {
-            buf.extend_from_slice(value.as_bytes());
-        }
-    }
-    let raw = Bytes::from(buf);
-    let mut at = target.as_str().len();
-    // Each part was valid where it came from, so it is valid here; the fallbacks only keep
-    // the original part if that ever stopped being true.
-    let new_target = PathAndQuery::from_maybe_shared(raw.slice(..at)).unwrap_or(target);
-    let mut out = HeaderMap::with_capacity(headers.keys().filter(|n| kept(n)).count());
-    for (name, value) in &headers {
-        if kept(name) {
-            let end = at + value.len();
-            let mut copy = HeaderValue::from_maybe_shared(raw.slice(at..end))
-                .unwrap_or_else(|_| value.clone());
-            copy.set_sensitive(value.is_sensitive());
-            out.append(name.clone(), copy);
-            at = end;
-        }
-    }
-    request.set_target(new_target);
-    *request.headers_mut() = out;
-}
 
 /// Whether a comma-separated header contains `token` (case-insensitive).
 fn has_token(headers: &HeaderMap, name: HeaderName, token: &str) -> bool {
@@ -377,7 +337,7 @@ pub(crate) async fn policy(
             .filter(|p| offered.contains(&p.as_str()))
     };
     let deflate = negotiate_deflate(core, &request);
-    compact(&mut request);
+    request.keep_for_session(&HANDSHAKE_ONLY);
     Ok(Accepted {
         accept_key: tungstenite::handshake::derive_accept_key(&key),
         request,

@@ -400,6 +400,16 @@ async fn an_unfinished_handshake_is_dropped_after_the_timeout() {
 async fn an_open_session_sees_its_target_and_headers_as_sent() {
     let (seen_tx, mut seen) = tokio::sync::mpsc::unbounded_channel();
     let behaviour = Behaviour::default().on_open(move |s| {
+        // One value at a time first (read from the compact copy), then the map.
+        let r = s.request();
+        let one = [
+            r.header("X-TAG"),
+            r.header("x-empty"),
+            r.header("x-utf8"),
+            r.header("sec-websocket-key"),
+            r.header("missing"),
+        ]
+        .map(|v| v.map(str::to_string));
         let h = s.headers();
         let all = |name: &str| -> Vec<String> {
             h.get_all(name)
@@ -424,6 +434,8 @@ async fn an_open_session_sees_its_target_and_headers_as_sent() {
             all("cookie"),
             all("user-agent"),
             all("x-empty"),
+            one,
+            all("x-utf8"),
             s.request().header("host").map(str::to_string),
             handshake_only,
             h.len(),
@@ -439,6 +451,7 @@ async fn an_open_session_sees_its_target_and_headers_as_sent() {
             ("User-Agent", "test/1.0 (X11; Linux)"),
             ("X-Tag", "second"),
             ("X-Empty", ""),
+            ("X-Utf8", "café"),
         ],
     )
     .await;
@@ -452,8 +465,14 @@ async fn an_open_session_sees_its_target_and_headers_as_sent() {
     assert_eq!(seen.4, ["s=1; theme=dark"]);
     assert_eq!(seen.5, ["test/1.0 (X11; Linux)"]);
     assert_eq!(seen.6, [""]);
-    assert_eq!(seen.7, Some(t.addr.to_string()));
-    assert_eq!(seen.8, 0, "handshake-only headers dropped");
-    // host, x-tag ×2, cookie, user-agent, x-empty
-    assert_eq!(seen.9, 6);
+    assert_eq!(
+        seen.7,
+        [Some("first".into()), Some(String::new()), None, None, None],
+        "header(): the first value in any case; not visible ASCII, handshake-only and absent are None"
+    );
+    assert_eq!(seen.8, ["café"], "bytes kept as sent");
+    assert_eq!(seen.9, Some(t.addr.to_string()));
+    assert_eq!(seen.10, 0, "handshake-only headers dropped");
+    // host, x-tag ×2, cookie, user-agent, x-empty, x-utf8
+    assert_eq!(seen.11, 7);
 }
