@@ -117,7 +117,8 @@ impl Session {
         self.inner.request.query()
     }
 
-    /// The request headers.
+    /// The request headers (see [`Request::headers`]). The map is made on the first call;
+    /// to read one value, `session.request().header(name)` does without it.
     pub fn headers(&self) -> &HeaderMap {
         self.inner.request.headers()
     }
