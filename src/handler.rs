@@ -255,30 +255,33 @@ impl Headers {
         if let Some(map) = self.map.get() {
             return map.get(name).map(HeaderValue::as_bytes);
         }
-        self.lines.split(|&b| b == b'\n').find_map(|line| {
-            let colon = line.iter().position(|&b| b == b':')?;
-            line[..colon]
-                .eq_ignore_ascii_case(name.as_bytes())
-                .then(|| &line[colon + 1..])
-        })
+        entries(&self.lines)
+            .find(|(n, _)| n.eq_ignore_ascii_case(name.as_bytes()))
+            .map(|(_, value)| &self.lines[value])
     }
+}
+
+/// The `name:value\n` lines as each name and the range of its value in `lines`.
+fn entries(lines: &[u8]) -> impl Iterator<Item = (&[u8], std::ops::Range<usize>)> {
+    let mut start = 0;
+    lines.split(|&b| b == b'\n').filter_map(move |line| {
+        let at = start;
+        start += line.len() + 1;
+        let colon = line.iter().position(|&b| b == b':')?;
+        Some((&line[..colon], at + colon + 1..at + line.len()))
+    })
 }
 
 /// The map of `name:value\n` lines; the values are slices of `lines`, not copies.
 fn parse_lines(lines: &Bytes) -> HeaderMap {
     let mut map = HeaderMap::new();
-    let mut start = 0;
-    for line in lines.split(|&b| b == b'\n') {
-        let end = start + line.len();
-        if let Some(colon) = line.iter().position(|&b| b == b':') {
-            // Every line was a valid header when it was written.
-            let name = HeaderName::from_bytes(&line[..colon]);
-            let value = HeaderValue::from_maybe_shared(lines.slice(start + colon + 1..end));
-            if let (Ok(name), Ok(value)) = (name, value) {
-                map.append(name, value);
-            }
+    for (name, value) in entries(lines) {
+        // Every line was a valid header when it was written.
+        let name = HeaderName::from_bytes(name);
+        let value = HeaderValue::from_maybe_shared(lines.slice(value));
+        if let (Ok(name), Ok(value)) = (name, value) {
+            map.append(name, value);
         }
-        start = end + 1;
     }
     map
 }

@@ -159,7 +159,8 @@ fn bad_request(why: &'static str) -> Reject {
 }
 
 /// Builds the head from a parse of `buf`. Header values and the target are slices of one
-/// copy of the head, not an allocation each; a session keeps a compact copy (`Request::keep_for_session`).
+/// copy of the head, not an allocation each; a session keeps a compact copy of what it needs
+/// (`Request::keep_for_session`).
 fn to_head(req: &httparse::Request<'_, '_>, buf: &[u8], len: usize) -> Result<Head, Reject> {
     let raw = Bytes::copy_from_slice(&buf[..len]);
     let slice = |part: &[u8]| {
