@@ -25,7 +25,7 @@ use crate::handler::CloseReason;
 use crate::handshake::{self, Accepted, Refused};
 use crate::hub::Hub;
 use crate::message::{CloseCode, CloseFrame, Message};
-use crate::outbox::{Abort, Drained, Outbox};
+use crate::outbox::{Abort, Drained, Outbox, Socket};
 use crate::registry::SessionTopics;
 use crate::session::{Session, SessionInner};
 
@@ -166,7 +166,8 @@ where
     core.registry.insert(inner.clone());
     core.counters.opened.fetch_add(1, Ordering::Relaxed);
     admission.transfer();
-    let conn = Connection::new(io, inner.clone(), core, rest);
+    let socket = Socket::of(&io);
+    let conn = Connection::new(io, socket, inner.clone(), core, rest);
     // Every event of the session (open, close with its reason, protocol errors, slow-consumer
     // actions) is recorded inside this span.
     let span = tracing::info_span!("session", id = %inner.id, peer = %inner.request.peer_addr());
@@ -291,6 +292,8 @@ struct Connection<S> {
     close_written: bool,
     /// A protocol error: close without waiting for the peer's answer.
     failing: bool,
+    /// Batches may write to the socket (see [`Outbox::attach`]).
+    shared_socket: bool,
     io_error: Option<io::Error>,
     /// Inbound rate limit: tokens left, and when the bucket was last refilled (hub ms).
     tokens: f64,
@@ -301,7 +304,13 @@ struct Connection<S> {
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
-    fn new(io: S, session: Arc<SessionInner>, core: Arc<Engine>, input: Bytes) -> Self {
+    fn new(
+        io: S,
+        socket: Option<Socket>,
+        session: Arc<SessionInner>,
+        core: Arc<Engine>,
+        input: Bytes,
+    ) -> Self {
         let tokens = f64::from(core_rate(&core));
         let refilled_at = core.coarse_ms();
         #[cfg(feature = "deflate")]
@@ -310,6 +319,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             .as_ref()
             .and_then(crate::deflate::Dedicated::new)
             .map(Box::new);
+        #[cfg(not(feature = "deflate"))]
+        let deflater: Option<()> = None;
+        // A connection that compresses at write time writes every frame itself.
+        let socket = socket.filter(|_| deflater.is_none());
+        if let Some(socket) = socket {
+            session.outbox.attach(socket);
+        }
         Connection {
             #[cfg(feature = "deflate")]
             deflater,
@@ -325,6 +341,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             close_received: None,
             close_written: false,
             failing: false,
+            shared_socket: socket.is_some(),
             io_error: None,
             tokens,
             refilled_at,
@@ -499,6 +516,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
                 return Poll::Pending;
             }
             if emptied {
+                if self.shared_socket {
+                    self.session.outbox.written();
+                }
                 break;
             }
         }
@@ -641,6 +661,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
         self.read_closed = true;
         self.core
             .close_session(&self.session, CloseFrame::new(e.code, e.reason));
+    }
+}
+
+impl<S> Drop for Connection<S> {
+    fn drop(&mut self) {
+        // Before the socket closes: no flush may write to its descriptor from now on.
+        if self.shared_socket {
+            self.session.outbox.detach();
+        }
     }
 }
 

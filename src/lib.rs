@@ -64,12 +64,15 @@
 //!    clone of the frame is pushed into each session's outbox.
 //! 4. `outbox.rs` — a bounded queue per session; the first push wakes the session's task
 //!    (not when the session's own handler is the sender: its task writes right after the
-//!    handler's poll). A broadcast from a handler wakes its recipients when the sender's
-//!    task ends its poll, after every message it read, so each writes them all at once.
+//!    handler's poll). A broadcast from a handler wakes nobody: when the sender's task ends
+//!    its poll, after every message it read, its batch writes each recipient's share
+//!    straight into that recipient's socket with one system call (a plain TCP socket whose
+//!    connection is idle), and wakes only the connections it could not write for.
 //! 5. `connection.rs` — one task per socket drains everything queued into one buffer and
-//!    writes it with one system call.
+//!    writes it with one system call (what the batch left, and every other sender's
+//!    messages).
 //!
-//! So under load there is one write per session per wake-up, not one per message, and the
+//! So under load there is one write per session per batch, not one per message, and the
 //! payload is copied only into the socket's write buffer.
 //!
 //! **Runtime.** wshub needs no tuning of tokio: `#[tokio::main]` (the multi-thread runtime,

@@ -4,8 +4,15 @@
 //! under a short mutex, never awaiting and never blocking on the socket; the first push after
 //! the connection went idle wakes it, later pushes of the same batch do not. The connection
 //! drains everything queued into one buffer and writes it with one system call.
+//!
+//! Inside a [`WakeBatch`] (a connection task's poll, where handlers run) a push wakes nobody:
+//! when the poll ends, the batch writes every recipient it queued for straight into that
+//! recipient's socket, all of the batch's frames in one call, when the socket is plain TCP,
+//! its connection is not writing and the socket takes it all; only the others are woken.
+//! A fan-out from a handler thus costs one system call per recipient and no task wake-up.
 
 use std::collections::VecDeque;
+use std::io;
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::Waker;
@@ -16,6 +23,7 @@ use crate::config::{Config, SlowConsumerPolicy};
 use crate::error::FullOutcome;
 use crate::frame;
 use crate::message::{CloseCode, CloseFrame};
+use crate::session::SessionInner;
 use crate::stats::Counters;
 
 /// Pongs kept owed before later pings replace the newest one.
@@ -25,24 +33,38 @@ const MAX_PONGS: usize = 16;
 /// the configured limits before the slow-consumer policy applies (see [`Outbox::push`]).
 pub(crate) const BURST_FACTOR: usize = 4;
 
+/// At most this many queued bytes are written by a batch's flush; the connection writes the
+/// rest.
+const FLUSH_BYTES: usize = 64 * 1024;
+
+/// A batch with more recipients than this wakes their connections instead of writing for
+/// them: a large fan-out is then written by every worker at once, not by the sender's
+/// alone, and each recipient's task, run a little later, finds more messages to write in
+/// one call (BENCHMARKS.md §7.8 has the figures).
+const FLUSH_RECIPIENTS: usize = 64;
+
+/// What a [`WakeBatch`] does when it ends.
+enum Deferred {
+    /// Wake a connection (a close, pong or ping queued).
+    Wake(Waker),
+    /// Write what was pushed for this session, or wake its connection.
+    Flush(Arc<SessionInner>),
+}
+
 thread_local! {
-    /// Whether a [`WakeBatch`] is open on this thread, and the wakers it holds back.
+    /// Whether a [`WakeBatch`] is open on this thread, and what it does when it ends.
     static BATCHING: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
-    static DEFERRED: std::cell::RefCell<Vec<Waker>> = const { std::cell::RefCell::new(Vec::new()) };
+    static DEFERRED: std::cell::RefCell<Vec<Deferred>> = const { std::cell::RefCell::new(Vec::new()) };
+    /// The bytes of one flush, reused.
+    static FLUSH_BUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
-fn wake_or_defer(waker: &Waker) {
-    if BATCHING.get() {
-        DEFERRED.with_borrow_mut(|d| d.push(waker.clone()));
-    } else {
-        waker.wake_by_ref();
-    }
-}
-
-/// While one connection task is polled, the connections its handlers' pushes would wake are
-/// woken when the poll ends instead, all at once: they then find every message of the
-/// batch the task read queued, and write them with one call each, as they would have had
-/// the sender been faster. Dropping the batch (also on unwind) wakes them.
+/// While one connection task is polled, the sessions its handlers push to are written when
+/// the poll ends instead of woken at each push: the batch then writes every message of the
+/// batch the task read with one call per recipient, straight into the recipient's socket
+/// when that connection is idle and the batch small (see [`Outbox::flush`]), and wakes the
+/// other connections.
+/// Dropping the batch (also on unwind) does this.
 pub(crate) struct WakeBatch {
     outermost: bool,
 }
@@ -61,16 +83,110 @@ impl Drop for WakeBatch {
             return;
         }
         BATCHING.set(false);
-        let mut wakers = DEFERRED.take();
-        for w in wakers.drain(..) {
-            w.wake();
+        let mut deferred = DEFERRED.take();
+        if deferred.is_empty() {
+            return;
         }
-        if wakers.capacity() <= 4096 {
+        let mut written = Written::default();
+        let recipients = deferred.iter().filter(|d| matches!(d, Deferred::Flush(_)));
+        let write = recipients.count() <= FLUSH_RECIPIENTS;
+        FLUSH_BUF.with_borrow_mut(|buf| {
+            for d in deferred.drain(..) {
+                match d {
+                    Deferred::Wake(w) => w.wake(),
+                    Deferred::Flush(s) => s.outbox.flush(write, buf, &mut written),
+                }
+            }
+            if buf.capacity() > 2 * FLUSH_BYTES {
+                *buf = Vec::new();
+            }
+        });
+        written.count();
+        if deferred.capacity() <= 4096 {
             DEFERRED.with_borrow_mut(|d| {
                 if d.is_empty() {
-                    *d = wakers;
+                    *d = deferred;
                 }
             });
+        }
+    }
+}
+
+/// Bytes and writes of one batch's flushes, counted once per hub.
+#[derive(Default)]
+struct Written {
+    counters: Option<Arc<Counters>>,
+    bytes: u64,
+    writes: u64,
+}
+
+impl Written {
+    fn add(&mut self, counters: &Arc<Counters>, bytes: usize) {
+        if !self
+            .counters
+            .as_ref()
+            .is_some_and(|c| Arc::ptr_eq(c, counters))
+        {
+            self.count();
+            self.counters = Some(counters.clone());
+        }
+        self.bytes += bytes as u64;
+        self.writes += 1;
+    }
+
+    fn count(&mut self) {
+        if let Some(c) = &self.counters {
+            c.bytes_out.fetch_add(self.bytes, Ordering::Relaxed);
+            c.writes.fetch_add(self.writes, Ordering::Relaxed);
+        }
+        (self.bytes, self.writes) = (0, 0);
+    }
+}
+
+/// A plain TCP socket's descriptor: what a batch's flush writes to while the connection that
+/// owns the socket is not writing.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Socket(#[cfg(unix)] std::os::fd::RawFd);
+
+impl Socket {
+    /// The socket under `io` when it is a plain TCP stream: a flush cannot write through TLS
+    /// or an upgraded hyper connection, whose state belongs to the connection.
+    pub(crate) fn of<S: 'static>(io: &S) -> Option<Socket> {
+        #[cfg(unix)]
+        {
+            use std::os::fd::AsRawFd;
+            let io: &dyn std::any::Any = io;
+            io.downcast_ref::<tokio::net::TcpStream>()
+                .map(|s| Socket(s.as_raw_fd()))
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = io;
+            None
+        }
+    }
+
+    /// One non-blocking write (the socket is in non-blocking mode, as tokio keeps it).
+    fn write(self, data: &[u8]) -> io::Result<usize> {
+        #[cfg(unix)]
+        {
+            use std::io::Write;
+            use std::os::fd::FromRawFd;
+            #[allow(
+                unsafe_code,
+                reason = "a write to a descriptor the connection keeps open"
+            )]
+            // SAFETY: the descriptor is open and is this session's socket: the connection
+            // detaches it from the outbox (under the lock every caller of this holds) before
+            // it closes the socket. `ManuallyDrop`: it is not closed here.
+            let stream =
+                std::mem::ManuallyDrop::new(unsafe { std::net::TcpStream::from_raw_fd(self.0) });
+            (&*stream).write(data)
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = data;
+            Err(io::ErrorKind::Unsupported.into())
         }
     }
 }
@@ -135,6 +251,10 @@ struct State {
     /// The connection was woken and has not drained since: no need to wake it again.
     notified: bool,
     high_water: usize,
+    /// The connection's socket, while a batch's flush may write to it (see [`Outbox::flush`]).
+    socket: Option<Socket>,
+    /// The connection took frames it has not finished writing: a flush must not write now.
+    writing: bool,
     /// What most sessions never need, allocated on first use: an idle session holds one
     /// pointer for it.
     rare: Option<Box<Rare>>,
@@ -152,6 +272,9 @@ struct Rare {
     close_frame: Option<CloseFrame>,
     /// A streamed replay waiting for the queue to drain to half (see [`Outbox::poll_room`]).
     room: Option<Waker>,
+    /// The end of a write a flush began and the socket did not take: written before
+    /// anything else, never dropped.
+    partial: Option<Bytes>,
 }
 
 impl State {
@@ -203,6 +326,8 @@ impl Outbox {
                 waker: None,
                 notified: false,
                 high_water: 0,
+                socket: None,
+                writing: false,
                 rare: None,
             }),
             max_bytes: config.max_queue_bytes,
@@ -224,7 +349,10 @@ impl Outbox {
     /// everything, a burst may queue up to [`BURST_FACTOR`] times the limits, since the
     /// connection task is about to write it — as a server that writes through to the kernel
     /// would have the kernel's buffer absorb it.
-    pub(crate) fn push(&self, frame: Bytes) -> Pushed {
+    ///
+    /// `owner` is the session this outbox belongs to: inside a [`WakeBatch`] it is kept for
+    /// the batch's flush.
+    pub(crate) fn push(&self, frame: Bytes, owner: &Arc<SessionInner>) -> Pushed {
         let mut st = self.lock();
         if st.phase != Phase::Open {
             return Pushed::Closed;
@@ -269,7 +397,13 @@ impl Outbox {
             st.high_water = st.bytes;
             self.counters.high_water(st.bytes);
         }
-        Self::wake(&mut st);
+        if !st.notified && st.waker.is_some() && BATCHING.get() {
+            // Marked woken: the batch's flush writes it or wakes the connection.
+            st.notified = true;
+            DEFERRED.with_borrow_mut(|d| d.push(Deferred::Flush(owner.clone())));
+        } else {
+            Self::wake(&mut st);
+        }
         result
     }
 
@@ -354,7 +488,11 @@ impl Outbox {
         if !st.notified {
             if let Some(w) = &st.waker {
                 st.notified = true;
-                wake_or_defer(w);
+                if BATCHING.get() {
+                    DEFERRED.with_borrow_mut(|d| d.push(Deferred::Wake(w.clone())));
+                } else {
+                    w.wake_by_ref();
+                }
             }
         }
     }
@@ -401,6 +539,10 @@ impl Outbox {
             return out;
         }
         let mut taken = 0;
+        if let Some(rest) = st.rare.as_mut().and_then(|r| r.partial.take()) {
+            taken = put(rest);
+            out.frames += 1;
+        }
         let pongs = st.rare.as_mut().map(|r| std::mem::take(&mut r.pongs));
         for pong in pongs.into_iter().flatten() {
             taken = put(pong);
@@ -436,7 +578,80 @@ impl Outbox {
             st.notified = false;
             keep_waker(&mut st.waker, waker);
         }
+        st.writing = out.frames > 0;
         out
+    }
+
+    /// A batch's flush of what pushes queued for this session (see [`WakeBatch`]): when
+    /// `write`, written into the socket from here, up to [`FLUSH_BYTES`], if the connection
+    /// has a plain TCP socket, is not writing and has nothing else to send (pong, ping,
+    /// close); else, or when the socket does not take it all, the connection is woken to do
+    /// the rest.
+    fn flush(&self, write: bool, buf: &mut Vec<u8>, written: &mut Written) {
+        let mut st = self.lock();
+        if !st.notified {
+            // The connection drained meanwhile and waits for the next push.
+            return;
+        }
+        let idle = st.phase == Phase::Open
+            && !st.writing
+            && !st.ping_due
+            && (st.rare.as_ref()).is_none_or(|r| r.pongs.is_empty() && r.partial.is_none());
+        let socket = st.socket.filter(|_| write && idle);
+        let Some(socket) = socket else {
+            if let Some(w) = &st.waker {
+                w.wake_by_ref();
+            }
+            return;
+        };
+        buf.clear();
+        while buf.len() < FLUSH_BYTES {
+            let Some(f) = st.frames.pop_front() else {
+                break;
+            };
+            st.bytes -= f.len();
+            buf.extend_from_slice(&f);
+        }
+        let mut off = 0;
+        while off < buf.len() {
+            match socket.write(&buf[off..]) {
+                Ok(0) => break,
+                Ok(n) => off += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                // Full (the connection waits for room) or failed (it meets the error too).
+                Err(_) => break,
+            }
+        }
+        if off > 0 {
+            written.add(&self.counters, off);
+        }
+        if off < buf.len() {
+            st.rare().partial = Some(Bytes::copy_from_slice(&buf[off..]));
+            self.set_socket_full(true);
+        }
+        if st.frames.is_empty() && off == buf.len() {
+            // All written: the connection sleeps on, woken by the next push.
+            st.notified = false;
+        } else if let Some(w) = &st.waker {
+            w.wake_by_ref();
+        }
+    }
+
+    /// The connection wrote everything it drained: a flush may write to the socket again.
+    pub(crate) fn written(&self) {
+        let mut st = self.lock();
+        st.writing = false;
+        self.set_socket_full(false);
+    }
+
+    /// Lets a batch's flush write to `socket` (see [`WakeBatch`]).
+    pub(crate) fn attach(&self, socket: Socket) {
+        self.lock().socket = Some(socket);
+    }
+
+    /// Stops flushes writing to the socket: called before the connection closes it.
+    pub(crate) fn detach(&self) {
+        self.lock().socket = None;
     }
 
     /// Registers the connection's waker and marks the connection awake while it polls a
@@ -513,6 +728,7 @@ impl Outbox {
         let mut st = self.lock();
         st.phase = Phase::Gone;
         self.open.store(false, Ordering::Release);
+        st.socket = None;
         st.frames = VecDeque::new();
         st.bytes = 0;
         st.waker = None;
@@ -520,6 +736,7 @@ impl Outbox {
         if let Some(rare) = st.rare.as_mut() {
             rare.pongs = Vec::new();
             rare.close = None;
+            rare.partial = None;
         }
         Self::wake_room(&mut st);
     }

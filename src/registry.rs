@@ -98,7 +98,7 @@ impl Members {
     fn deliver(&self, frame: &OutFrame, except: Option<SessionId>, report: &mut Delivery) {
         for s in &self.list {
             if Some(s.id) != except {
-                report.count(s.outbox.push(frame.for_session(s.deflate.as_ref())));
+                report.count(s.outbox.push(frame.for_session(s.deflate.as_ref()), s));
             }
         }
     }
@@ -138,7 +138,7 @@ impl Members {
                             .compare_exchange(f, *epoch, Ordering::AcqRel, Ordering::Acquire)
                             .is_ok();
                     if f == *epoch || enters {
-                        let pushed = s.outbox.push(c.clone());
+                        let pushed = s.outbox.push(c.clone(), s);
                         if pushed != Pushed::Queued {
                             // It missed a frame of the stream: out until the next restart.
                             let (acq, rel) = (Ordering::Acquire, Ordering::AcqRel);
@@ -147,10 +147,10 @@ impl Members {
                         pushed
                     } else {
                         waiting |= f == 0;
-                        s.outbox.push(plain.clone())
+                        s.outbox.push(plain.clone(), s)
                     }
                 }
-                _ => s.outbox.push(frame.for_session(s.deflate.as_ref())),
+                _ => s.outbox.push(frame.for_session(s.deflate.as_ref()), s),
             };
             report.count(pushed);
         }
@@ -369,8 +369,12 @@ impl Registry {
     }
 
     /// Runs `f` on one session under its shard's read lock (no clone of the handle).
-    pub(crate) fn with<R>(&self, id: SessionId, f: impl FnOnce(&SessionInner) -> R) -> Option<R> {
-        read(self.shard(id)).get(id).map(|s| f(s))
+    pub(crate) fn with<R>(
+        &self,
+        id: SessionId,
+        f: impl FnOnce(&Arc<SessionInner>) -> R,
+    ) -> Option<R> {
+        read(self.shard(id)).get(id).map(f)
     }
 
     pub(crate) fn len(&self) -> usize {

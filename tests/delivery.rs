@@ -321,3 +321,109 @@ async fn stats_count_what_happened() {
         "one write per session at least"
     );
 }
+
+/// Message `seq` of a handler's fan-out: its number, then bytes that depend on it, so a frame
+/// cut short, spliced or written twice cannot pass for another.
+fn fan_out_payload(seq: u64) -> String {
+    const LEN: usize = 9_000;
+    let mut s = format!("{seq:08}:");
+    let fill = char::from(b'a' + (seq % 26) as u8);
+    s.extend(std::iter::repeat_n(fill, LEN - s.len()));
+    s
+}
+
+/// What a raw reader of the fan-out got so far.
+#[derive(Default)]
+struct FanOutReader {
+    texts: u64,
+    last_pong: Option<u32>,
+}
+
+impl FanOutReader {
+    /// Reads frames until `texts` messages arrived, checking each.
+    async fn read_until(&mut self, c: &mut RawClient, texts: u64, last_pong: Option<u32>) {
+        while self.texts < texts || self.last_pong < last_pong {
+            let f = within("the reader's frames", c.read_frame())
+                .await
+                .expect("EOF before every frame arrived");
+            assert!(f.fin, "a fragmented frame: {:?}", f.opcode);
+            match f.opcode {
+                OP_TEXT => {
+                    let got = String::from_utf8(f.payload).expect("UTF-8 text");
+                    let seq = self.texts;
+                    assert!(
+                        got == fan_out_payload(seq),
+                        "message {seq} arrived as {got:.12}…"
+                    );
+                    self.texts += 1;
+                }
+                OP_PONG => {
+                    // Pongs owed beyond 16 replace the newest: increasing, ending with the last.
+                    let n = u32::from_be_bytes(f.payload.try_into().expect("a 4-byte pong"));
+                    assert!(
+                        self.last_pong < Some(n),
+                        "pong {n} after {:?}",
+                        self.last_pong
+                    );
+                    self.last_pong = Some(n);
+                }
+                op => panic!("unexpected opcode {op}"),
+            }
+        }
+    }
+}
+
+/// What a handler broadcasts is written into each recipient's socket when the handler's
+/// poll ends (one call per recipient), and a socket that takes only part of it leaves the
+/// rest to the session's connection. A reader with small socket buffers that stops reading
+/// for a few rounds at a time, and pings meanwhile, must still get every frame whole and in
+/// order, and each pong between two frames, never inside one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handlers_fan_out_into_a_socket_that_fills_arrives_whole_and_in_order() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    const ROUNDS: usize = 64;
+    const PER_ROUND: usize = 6;
+    let next = Arc::new(AtomicU64::new(0));
+    let counter = next.clone();
+    let behaviour = Behaviour::default().on_message(move |s, _| {
+        for _ in 0..PER_ROUND {
+            let seq = counter.fetch_add(1, Ordering::Relaxed);
+            let report = s.hub().broadcast(fan_out_payload(seq));
+            assert_eq!(
+                report.queued, 2,
+                "a queue filled: the test bounds no longer hold"
+            );
+        }
+    });
+    // Queues far larger than everything sent: nothing may be dropped. Socket buffers of a few
+    // kilobytes: each round's 54 KB fills the reader's socket.
+    let config = quiet_config().max_queue_bytes(64 << 20);
+    let mut t = start_on(listen_with_send_buffer(4096), config, behaviour).await;
+    let mut slow = RawClient::upgrade_small_rcvbuf(t.addr, 4096).await;
+    t.events.open().await;
+    let mut publisher = connect(t.addr).await;
+    t.events.open().await;
+
+    let mut reader = FanOutReader::default();
+    for round in 0..ROUNDS {
+        send_text(&mut publisher, "go").await;
+        for i in 0..PER_ROUND {
+            let seq = (round * PER_ROUND + i) as u64;
+            assert_eq!(recv_text(&mut publisher).await, fan_out_payload(seq));
+        }
+        slow.send(true, OP_PING, &(round as u32).to_be_bytes())
+            .await;
+        if round % 4 == 3 {
+            // Catch up, so that the next round finds the connection idle and its socket
+            // empty, and fills it again.
+            let sent = ((round + 1) * PER_ROUND) as u64;
+            reader.read_until(&mut slow, sent, None).await;
+        }
+    }
+    let all = (ROUNDS * PER_ROUND) as u64;
+    reader
+        .read_until(&mut slow, all, Some(ROUNDS as u32 - 1))
+        .await;
+    assert_eq!(next.load(Ordering::Relaxed), all);
+}

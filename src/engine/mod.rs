@@ -123,10 +123,10 @@ impl Engine {
 
     /// [`deliver`](Self::deliver) to one session (`send_to`, `Session::send`, and their
     /// twin from another node).
-    pub(crate) fn deliver_to(&self, s: &SessionInner, frame: Bytes) -> Pushed {
+    pub(crate) fn deliver_to(&self, s: &Arc<SessionInner>, frame: Bytes) -> Pushed {
         let pushed = s
             .outbox
-            .push(crate::deflate::for_one(s.deflate.as_ref(), frame));
+            .push(crate::deflate::for_one(s.deflate.as_ref(), frame), s);
         let mut report = Delivery::default();
         report.count(pushed);
         self.account(&report, "");
@@ -136,13 +136,13 @@ impl Engine {
     /// [`deliver`](Self::deliver) of several frames, in order, to one session (a replay).
     pub(crate) fn deliver_all_to(
         &self,
-        s: &SessionInner,
+        s: &Arc<SessionInner>,
         frames: impl IntoIterator<Item = Bytes>,
     ) -> Delivery {
         let mut report = Delivery::default();
         for frame in frames {
             let frame = crate::deflate::for_one(s.deflate.as_ref(), frame);
-            report.count(s.outbox.push(frame));
+            report.count(s.outbox.push(frame, s));
         }
         self.account(&report, " during a replay");
         report

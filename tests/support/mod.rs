@@ -373,8 +373,24 @@ pub fn listen() -> TcpListener {
     socket.listen(1024).expect("listen")
 }
 
+/// [`listen`], with the send buffer of every accepted socket set to `bytes` (Linux doubles
+/// it): the hub's writes then fill a socket after a few kilobytes, not megabytes.
+pub fn listen_with_send_buffer(bytes: u32) -> TcpListener {
+    let socket = TcpSocket::new_v4().expect("a TCP socket");
+    socket.set_send_buffer_size(bytes).expect("SO_SNDBUF");
+    socket
+        .bind(SocketAddr::from(([127, 0, 0, 1], 0)))
+        .expect("bind port 0");
+    socket.listen(1024).expect("listen")
+}
+
 /// Serves a hub with `config` and a recorder doing `behaviour` on `127.0.0.1:0`.
 pub async fn start(config: Config, behaviour: Behaviour) -> TestHub {
+    start_on(listen(), config, behaviour).await
+}
+
+/// [`start`] on `listener`.
+pub async fn start_on(listener: TcpListener, config: Config, behaviour: Behaviour) -> TestHub {
     let (tx, rx) = mpsc::unbounded_channel();
     let closes = Arc::new(Mutex::new(HashMap::new()));
     let recorder = Recorder {
@@ -383,7 +399,6 @@ pub async fn start(config: Config, behaviour: Behaviour) -> TestHub {
         behaviour,
     };
     let hub = Hub::builder(recorder).config(config).build();
-    let listener = listen();
     let addr = listener.local_addr().expect("local address");
     let serve = tokio::spawn(hub.clone().serve(listener));
     TestHub {
