@@ -6,10 +6,10 @@
 //! drains everything queued into one buffer and writes it with one system call.
 //!
 //! Inside a [`WakeBatch`] (a connection task's poll, where handlers run) a push wakes nobody:
-//! when the poll ends, the batch writes every recipient it queued for straight into that
-//! recipient's socket, all of the batch's frames in one call, when the socket is plain TCP,
-//! its connection is not writing and the socket takes it all; only the others are woken.
-//! A fan-out from a handler thus costs one system call per recipient and no task wake-up.
+//! when the poll ends, a batch of at most [`FLUSH_RECIPIENTS`] recipients writes each one's
+//! frames straight into its socket in one call, when the socket is plain TCP, its
+//! connection is not writing and the socket takes it all; only the others are woken. A small
+//! fan-out from a handler thus costs one system call per recipient and no task wake-up.
 
 use std::collections::VecDeque;
 use std::io;
