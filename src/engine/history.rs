@@ -321,6 +321,7 @@ impl Histories {
     pub(super) fn forget_if_idle(&self, shard: &mut Shard<'_>, topic: &str) {
         if shard.get(topic).is_some_and(TopicState::is_idle) {
             shard.remove(topic);
+            crate::registry::release_spare(shard);
         }
     }
 
@@ -340,6 +341,7 @@ impl Histories {
                 }
                 !t.is_idle() || subscribed(topic)
             });
+            crate::registry::release_spare(&mut shard);
         }
     }
 

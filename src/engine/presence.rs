@@ -71,6 +71,7 @@ pub(super) fn left(engine: &Engine, id: SessionId, topic: &str) {
         }
         if list.is_empty() {
             topics.remove(topic);
+            crate::registry::release_spare(&mut topics);
         }
         if let Some(bp) = &engine.backplane {
             bp.presence_changed(topic, id, None);
