@@ -53,10 +53,15 @@ const KEPT_CAPACITY: usize = 32;
 /// the map never thrashes, and a shrink moves fewer entries than the removals that led to it,
 /// so the cost per removal stays constant.
 pub(crate) fn release_spare<K: Eq + Hash, V, S: BuildHasher>(map: &mut HashMap<K, V, S>) {
-    let capacity = map.capacity();
-    if capacity > KEPT_CAPACITY && map.len() < capacity / 4 {
+    if sparse(map.len(), map.capacity()) {
         map.shrink_to(map.len() * 2);
     }
+}
+
+/// Whether a collection of `len` items in `capacity` should give its spare room back (see
+/// [`release_spare`]).
+fn sparse(len: usize, capacity: usize) -> bool {
+    capacity > KEPT_CAPACITY && len < capacity / 4
 }
 
 /// A set of sessions that iterates as a dense vector.
@@ -100,7 +105,7 @@ impl Members {
             self.index.insert(moved.id, i);
         }
         release_spare(&mut self.index);
-        if self.list.capacity() > KEPT_CAPACITY && self.list.len() < self.list.capacity() / 4 {
+        if sparse(self.list.len(), self.list.capacity()) {
             self.list.shrink_to(self.list.len() * 2);
         }
         true
