@@ -51,7 +51,8 @@ const KEPT_CAPACITY: usize = 32;
 /// topics that came and went left 15 MB behind (29 MB once removals' tombstones forced a
 /// rehash into a table twice the size). Between growing when full and shrinking at a quarter
 /// the map never thrashes, and a shrink moves fewer entries than the removals that led to it,
-/// so the cost per removal stays constant.
+/// so the cost per removal stays constant. (`capacity()` counts the tombstones some removals
+/// leave as used, so such a table shrinks somewhat later; an insert's rehash clears them.)
 pub(crate) fn release_spare<K: Eq + Hash, V, S: BuildHasher>(map: &mut HashMap<K, V, S>) {
     if sparse(map.len(), map.capacity()) {
         map.shrink_to(map.len() * 2);
@@ -536,5 +537,34 @@ impl Registry {
         let mut topics: Vec<String> = lock(&s.topics).iter().map(|t| t.to_string()).collect();
         topics.sort();
         topics
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A table emptied after a burst ends no larger than [`KEPT_CAPACITY`], and it shrinks a
+    /// few times on the way (each shrink at least halves it), not once per removal.
+    #[test]
+    fn a_map_emptied_after_a_burst_gives_its_capacity_back_a_few_times() {
+        let mut map: HashMap<u64, u64> = (0..50_000).map(|i| (i, i)).collect();
+        let full = map.capacity();
+        let (mut shrinks, mut last) = (0, full);
+        for i in 0..50_000 {
+            map.remove(&i);
+            release_spare(&mut map);
+            // A removal that leaves a tombstone lowers `capacity()` by one; a shrink, by
+            // half or more.
+            if map.capacity() + 1 < last {
+                shrinks += 1;
+            }
+            last = map.capacity();
+        }
+        assert!(map.capacity() <= KEPT_CAPACITY, "{} left", map.capacity());
+        assert!(
+            shrinks <= full.ilog2() as usize,
+            "{shrinks} shrinks from {full}"
+        );
     }
 }
