@@ -1,6 +1,6 @@
 //! Topic churn on one node: per-topic state is freed once its sessions leave, and the
-//! process's live heap does not grow from one round of churn to the next. In a test binary of
-//! its own, so that the process's memory is this test's alone.
+//! process's live heap goes back to its baseline after every round of churn. In a test binary
+//! of its own, so that the process's memory is this test's alone.
 
 mod support;
 
